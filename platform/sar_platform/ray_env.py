@@ -1,0 +1,27 @@
+"""The runtime environment that ships this repository to Ray workers."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Never upload environments, outputs or caches; the repository itself is a few hundred kB.
+WORKING_DIR_EXCLUDES = [".venv/", ".git/", "workspace/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".whl/"]
+
+
+def repository_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, str] | None = None) -> dict:
+    """working_dir = the repository (workers import sar_core / sar_platform from it; there is no
+    `platform/__init__.py`, so the standard library's `platform` stays importable), plus env vars."""
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    for key in ("RAY_AUTH_MODE", "SAR_DATA_CACHE", "MLFLOW_TRACKING_URI"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(env_vars or {})
+    return {
+        "working_dir": str(repo or repository_root()),
+        "excludes": WORKING_DIR_EXCLUDES,
+        "env_vars": env,
+    }

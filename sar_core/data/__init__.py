@@ -1,0 +1,1 @@
+"""Datasets: Fashion-MNIST (the embedded default), image folders, pre-tokenized Parquet shards."""

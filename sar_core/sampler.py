@@ -1,0 +1,105 @@
+"""Scale-by-scale generation with a KV cache, classifier-free guidance and top-k / top-p sampling."""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sar_core.generator import KVCache, ScaleGenerator
+from sar_core.sampling import SamplingConfig, guided_logits, sample_tokens
+from sar_core.schedule import ScaleSchedule
+from sar_core.tokenizer import MultiScaleVQ
+
+
+@dataclass
+class Generation:
+    labels: torch.Tensor  # (B,)
+    token_maps: list[torch.Tensor]  # per scale (B, h, h)
+    images: torch.Tensor | None = None  # (B, C, H, W) in [-1, 1], decoded from the last scale
+    scale_images: list[torch.Tensor] | None = None  # every scale decoded and resized to (H, W)
+    logits: list[torch.Tensor] | None = field(default=None, repr=False)  # per scale (B, h*h, V), guided
+
+
+@contextlib.contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    was = [m.training for m in modules]
+    try:
+        for m in modules:
+            m.eval()
+        yield
+    finally:
+        for m, w in zip(modules, was):
+            m.train(w)
+
+
+def decode_scales(tokenizer: MultiScaleVQ, token_maps: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
+    """Decode each scale's token map on its own and resize to size x size (trajectory figures)."""
+    out = []
+    for idx in token_maps:
+        img = tokenizer.decode_tokens(idx)
+        if img.shape[-1] != size:
+            img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)
+        out.append(img.clamp(-1, 1))
+    return out
+
+
+@torch.no_grad()
+def generate(
+    model: ScaleGenerator,
+    tokenizer: MultiScaleVQ | None,
+    label_B: torch.Tensor,
+    schedule: ScaleSchedule,
+    sampling: SamplingConfig = SamplingConfig(),
+    rng: torch.Generator | None = None,
+    prefix: Sequence[torch.Tensor] = (),
+    decode_intermediates: bool = False,
+    return_logits: bool = False,
+) -> Generation:
+    """Generate token maps for `schedule`, one scale per transformer pass over the new tokens only.
+
+    `prefix` forces the token maps of the first len(prefix) scales (e.g. a ground-truth 4x4 start,
+    as in the paper's Fig. 7); the logits of those scales are still computed and returned.
+    With a tokenizer the last map is decoded to images (and every map, if `decode_intermediates`).
+    """
+    model.check_labels(label_B)
+    if tokenizer is not None:
+        schedule.check_latent(tokenizer.config.latent_size)
+    if len(prefix) > len(schedule):
+        raise ValueError(f"prefix has {len(prefix)} token maps, the schedule only {len(schedule)} scales")
+    B, N = label_B.shape[0], len(schedule)
+    guided = sampling.cfg > 0
+    labels = torch.cat([label_B, torch.full_like(label_B, model.config.null_class)]) if guided else label_B
+
+    with eval_mode(model, *([tokenizer] if tokenizer is not None else [])):
+        cond_BD = model.class_embed(labels)
+        pos_1LC = model.position_embedding(schedule)
+        caches = [KVCache() for _ in model.blocks]
+        x_BlC = model.start_tokens(cond_BD, schedule, pos_1LC)
+        maps, all_logits = [], []
+        for si, size in enumerate(schedule):
+            logits_BlV = model.trunk(x_BlC, cond_BD, caches=caches)
+            if guided:
+                logits_BlV = guided_logits(logits_BlV[:B], logits_BlV[B:], sampling.cfg_at(si, N))
+            if return_logits:
+                all_logits.append(logits_BlV.float())
+            if si < len(prefix):
+                idx_Bl = prefix[si].reshape(B, size * size).to(logits_BlV.device)
+            else:
+                idx_Bl = sample_tokens(logits_BlV, sampling.top_k, sampling.top_p, sampling.temperature, rng)
+            maps.append(idx_Bl.reshape(B, size, size))
+            if si + 1 < N:
+                nxt = schedule[si + 1]
+                x_BlC = model.token_embed(model.upsample_tokens(idx_Bl, nxt)) + pos_1LC[:, schedule.slices[si + 1]]
+                if guided:
+                    x_BlC = torch.cat([x_BlC, x_BlC])
+
+        out = Generation(labels=label_B, token_maps=maps, logits=all_logits if return_logits else None)
+        if tokenizer is not None:
+            out.images = tokenizer.decode_tokens(maps[-1]).clamp(-1, 1)
+            if decode_intermediates:
+                out.scale_images = decode_scales(tokenizer, maps, out.images.shape[-1])
+    return out

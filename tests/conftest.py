@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny model configs (CPU, seconds) and real Fashion-MNIST."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from sar_core import GeneratorConfig, MultiScaleVQ, ScaleGenerator, ScaleSchedule, TokenizerConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Ray 2.60 turns on token auth for clusters it starts; the tests only talk to their own loopback
+# clusters, so they switch it off rather than juggle token files.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY_TOKENIZER = TokenizerConfig(
+    image_size=28, in_channels=1, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+    z_channels=32, codebook_size=64, codebook_dim=8, norm_groups=8, attention=False,
+)
+TINY_SCHEDULE = ScaleSchedule((1, 2, 3, 5, 7))
+TINY_GENERATOR = GeneratorConfig(
+    depth=2, width=64, num_heads=2, num_classes=10, vocab_size=64, codebook_dim=8, pos_grid=8,
+)
+
+
+@pytest.fixture
+def tokenizer() -> MultiScaleVQ:
+    torch.manual_seed(0)
+    return MultiScaleVQ(TINY_TOKENIZER).eval()
+
+
+@pytest.fixture
+def generator_model(tokenizer) -> ScaleGenerator:
+    torch.manual_seed(1)
+    model = ScaleGenerator(TINY_GENERATOR).set_codebook(tokenizer.codebook.weight)
+    # The reference init gates every residual branch at 1e-5, which makes an untrained model's
+    # logits nearly input-independent; open the gates so tests can see how inputs propagate.
+    with torch.no_grad():
+        for block in model.blocks:
+            block.ada_ln[-1].bias[: 2 * model.config.embed_dim].fill_(1.0)
+    return model.eval()
+
+
+@pytest.fixture
+def schedule() -> ScaleSchedule:
+    return TINY_SCHEDULE
+
+
+@pytest.fixture(scope="session")
+def fmnist_small():
+    """2,048 real training images and 512 test images, in [-1, 1]."""
+    from sar_core.data.fashion_mnist import load_tensors
+
+    return load_tensors("train", limit=2048), load_tensors("test", limit=512)

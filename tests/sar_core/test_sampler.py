@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from sar_core.sampler import generate
+from sar_core.sampling import SamplingConfig, filter_logits, guided_logits, sample_tokens
+from sar_core.tokenizer import flatten_tokens
+
+NO_FILTER = dict(top_k=0, top_p=0.0)
+
+
+def test_kv_cached_sampler_reproduces_the_parallel_teacher_forced_logits(generator_model, schedule):
+    labels = torch.tensor([0, 5, 9])
+    out = generate(generator_model, None, labels, schedule, SamplingConfig(cfg=0.0, **NO_FILTER),
+                   rng=torch.Generator().manual_seed(0), return_logits=True)
+    parallel = generator_model.forward_tokens(labels, flatten_tokens(out.token_maps), schedule)
+    for step_logits, par in zip(out.logits, schedule.split(parallel)):
+        torch.testing.assert_close(step_logits, par, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ramp", ["constant", "linear", "half_linear"])
+def test_cfg_uses_guided_logits_with_the_chosen_ramp(generator_model, schedule, ramp):
+    labels = torch.tensor([1, 2])
+    cfg = SamplingConfig(cfg=2.5, cfg_ramp=ramp, **NO_FILTER)
+    out = generate(generator_model, None, labels, schedule, cfg, rng=torch.Generator().manual_seed(0), return_logits=True)
+    idx = flatten_tokens(out.token_maps)
+    cond = schedule.split(generator_model.forward_tokens(labels, idx, schedule))
+    uncond = schedule.split(generator_model.forward_tokens(torch.full_like(labels, 10), idx, schedule))
+    N = len(schedule)
+    for i, (got, c, u) in enumerate(zip(out.logits, cond, uncond)):
+        w = {"constant": 2.5, "linear": 2.5 * i / (N - 1), "half_linear": 2.5 * 0.5 * (1 + i / (N - 1))}[ramp]
+        torch.testing.assert_close(got, (1 + w) * c - w * u, atol=1e-4, rtol=1e-4)
+
+
+def test_guidance_scale_one_equals_the_conditional_logits(generator_model, schedule):
+    c, u = torch.randn(2, 4, 64), torch.randn(2, 4, 64)
+    assert torch.equal(guided_logits(c, u, 0.0), c)  # cfg=0 is a standard guidance scale of 1
+    labels = torch.tensor([3, 4])
+    out = generate(generator_model, None, labels, schedule, SamplingConfig(cfg=0.0, **NO_FILTER),
+                   rng=torch.Generator().manual_seed(0), return_logits=True)
+    cond = generator_model.forward_tokens(labels, flatten_tokens(out.token_maps), schedule)
+    torch.testing.assert_close(torch.cat(out.logits, 1), cond, atol=1e-4, rtol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_seeds_differ(generator_model, tokenizer, schedule):
+    labels = torch.arange(4)
+    cfg = SamplingConfig(cfg=1.5, top_k=20, top_p=0.9)
+    a = generate(generator_model, tokenizer, labels, schedule, cfg, rng=torch.Generator().manual_seed(7))
+    b = generate(generator_model, tokenizer, labels, schedule, cfg, rng=torch.Generator().manual_seed(7))
+    c = generate(generator_model, tokenizer, labels, schedule, cfg, rng=torch.Generator().manual_seed(8))
+    assert all(torch.equal(x, y) for x, y in zip(a.token_maps, b.token_maps))
+    assert torch.equal(a.images, b.images)
+    assert not all(torch.equal(x, y) for x, y in zip(a.token_maps, c.token_maps))
+
+
+def test_generation_returns_images_token_maps_and_the_decoded_trajectory(generator_model, tokenizer, schedule):
+    out = generate(generator_model, tokenizer, torch.tensor([0, 1]), schedule, SamplingConfig(),
+                   rng=torch.Generator().manual_seed(0), decode_intermediates=True)
+    assert out.images.shape == (2, 1, 28, 28) and out.images.abs().max() <= 1
+    assert [m.shape for m in out.token_maps] == [(2, s, s) for s in schedule]
+    assert len(out.scale_images) == len(schedule) and all(i.shape == (2, 1, 28, 28) for i in out.scale_images)
+
+
+def test_prefix_forces_the_first_scales(generator_model, schedule):
+    labels = torch.tensor([2, 3])
+    forced = [torch.zeros(2, 1, 1, dtype=torch.long), torch.full((2, 2, 2), 5)]
+    out = generate(generator_model, None, labels, schedule, SamplingConfig(cfg=0.0), prefix=forced,
+                   rng=torch.Generator().manual_seed(0))
+    assert torch.equal(out.token_maps[0], forced[0]) and torch.equal(out.token_maps[1], forced[1])
+
+
+def test_model_is_left_in_its_training_mode(generator_model, tokenizer, schedule):
+    generator_model.train()
+    generate(generator_model, tokenizer, torch.tensor([0]), schedule, SamplingConfig())
+    assert generator_model.training
+
+
+def test_top_k_keeps_exactly_k_tokens_and_top_p_the_smallest_nucleus():
+    logits = torch.log(torch.tensor([[[0.5, 0.2, 0.15, 0.1, 0.05]]]))
+    assert torch.isfinite(filter_logits(logits, top_k=2)).sum() == 2
+    kept = torch.isfinite(filter_logits(logits, top_p=0.8))  # 0.5 + 0.2 < 0.8 <= 0.85
+    assert kept.tolist() == [[[True, True, True, False, False]]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.01)).sum() == 1  # the best token always stays
+    assert torch.isfinite(filter_logits(logits, top_k=0, top_p=0.0)).all()
+    assert torch.isfinite(filter_logits(logits, top_k=900)).all()  # k >= V keeps all
+
+
+def test_sampled_tokens_respect_the_filters_and_temperature():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 4000, 50, generator=gen)
+    idx = sample_tokens(logits, top_k=3, generator=gen)
+    top3 = logits.topk(3, dim=-1).indices
+    assert (idx[..., None] == top3).any(-1).all()
+    cold = sample_tokens(logits, temperature=1e-4, generator=gen)
+    assert torch.equal(cold, logits.argmax(-1))
+
+
+def test_bad_sampling_settings_are_refused():
+    for bad in (dict(top_p=1.5), dict(top_k=-1), dict(cfg=-1.0), dict(temperature=0.0), dict(cfg_ramp="cosine")):
+        with pytest.raises(ValueError):
+            SamplingConfig(**bad)
