@@ -1,8 +1,90 @@
-"""The `sar` command line."""
+"""The `sar` command line: validate, run, submit, browse and score SAR jobs."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+EXIT_SPEC_ERROR = 2
+
+
+def _load(paths):
+    """Validate every spec before anything else happens; exit 2 with file:line:col errors."""
+    from sar_platform.spec import SpecError, load_job
+
+    jobs, failed = [], False
+    for path in paths:
+        try:
+            jobs.append(load_job(path))
+        except SpecError as e:
+            failed = True
+            print(str(e), file=sys.stderr)
+    if failed:
+        raise SystemExit(EXIT_SPEC_ERROR)
+    return jobs
+
+
+def cmd_validate(args) -> int:
+    for path, job in zip(args.specs, _load(args.specs)):
+        print(f"ok: {path} ({job.kind} '{job.name}')")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from sar_platform.spec import job_schema
+
+    print(json.dumps(job_schema(), indent=2))
+    return 0
+
+
+def cmd_run(args) -> int:
+    (job,) = _load([args.spec])
+    from sar_platform.runner import run_job
+
+    run_job(job, spec_path=Path(args.spec), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    return 0
+
+
+def cmd_submit(args) -> int:
+    (job,) = _load([args.spec])
+    from sar_platform.submit import submit_job
+
+    return submit_job(job, Path(args.spec), args.address, resume=args.resume, wait=not args.no_wait)
+
+
+def cmd_ui(args) -> int:
+    from sar_platform.mlflow_server import ensure_server, stop_server
+    from sar_platform.storage import Workspace
+
+    if args.spec:
+        (job,) = _load([args.spec])
+        if job.mlflow.tracking_uri:
+            print(f"this spec tracks to {job.mlflow.tracking_uri}; open that server's UI")
+            return 0
+        root, port = Workspace(job.storage.path, job.storage.s3_endpoint).mlflow_root(), job.mlflow.port
+    else:
+        root, port = Workspace(str(Path(args.workspace).resolve())).mlflow_root(), args.port
+    if args.stop:
+        print("stopped" if stop_server(root) else "no server was running")
+        return 0
+    info = ensure_server(root, port)
+    print(f"MLflow UI: {info.uri}  (runs tables: {info.uri}/#/experiments)")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from sar_platform.adhoc import score_checkpoint
+
+    score_checkpoint(args)
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from sar_platform.adhoc import sample_checkpoint
+
+    sample_checkpoint(args)
+    return 0
 
 
 def cmd_import_flexvar(args) -> int:
@@ -13,15 +95,84 @@ def cmd_import_flexvar(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from sar_core.data.fashion_mnist import DataNotFoundError, find_root
+
+    try:
+        root = find_root(args.root, download=args.download)
+    except DataNotFoundError as e:
+        print(e, file=sys.stderr)
+        return 1
+    print(f"Fashion-MNIST: {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sar", description="SAR post-training platform")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="sar", description="Self-Autoregressive Refinement on Ray + MLflow")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check job specs (exit 2 with file:line:col errors)")
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of job specs (for editor completion)")
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser("run", help="run a job spec on local embedded Ray (or an existing cluster with --address)")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--address", help="connect to this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
+    p.add_argument("--resume", action="store_true", help="continue a stopped run from its latest checkpoints")
+    p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="submit a job spec to a Ray cluster through the Ray Jobs API")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://127.0.0.1:8265")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--no-wait", action="store_true", help="return after submission instead of following the logs")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("ui", help="start (or find) the MLflow server of a workspace and print its URL")
+    p.add_argument("spec", nargs="?", help="use this spec's storage and MLflow settings")
+    p.add_argument("--workspace", default="workspace")
+    p.add_argument("--port", type=int, default=5055)
+    p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
+    p.set_defaults(func=cmd_ui)
+
+    for name, func, helptext in (("sample", cmd_sample, "generate images from a checkpoint into a PNG grid / npz"),
+                                 ("eval", cmd_eval, "score a checkpoint: FID, IS, precision, recall")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--generator", required=True, help="generator .safetensors")
+        p.add_argument("--tokenizer", required=True, help="tokenizer .safetensors")
+        p.add_argument("--schedule", help="scales, e.g. 1,2,3,4,5,7 (default: 1..latent size)")
+        p.add_argument("--cfg", type=float, default=2.5)
+        p.add_argument("--top-k", type=int, default=900)
+        p.add_argument("--top-p", type=float, default=0.96)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+        if name == "sample":
+            p.add_argument("--labels", default="", help="comma-separated classes (default: 8 of each class)")
+            p.add_argument("--npz", action="store_true", help="also write the NHWC uint8 .npz the ADM evaluator reads")
+        else:
+            p.add_argument("--num-samples", type=int, default=1000)
+            p.add_argument("--feature-network", choices=["fmnist_classifier", "inception"], default="fmnist_classifier")
+            p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --feature-network inception)")
+            p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
+        p.set_defaults(func=func)
+
     p = sub.add_parser("import-flexvar", help="convert published FlexVAR weights into sar-platform checkpoints")
     p.add_argument("--generator", required=True, help="FlexVAR generator .pth (e.g. FlexVARd16-epo179.pth)")
     p.add_argument("--vqvae", required=True, help="FlexVAR VQ-VAE .pth (FlexVAE.pth)")
     p.add_argument("--out", required=True, help="output folder for generator/tokenizer .safetensors")
     p.add_argument("--image-size", type=int, default=256)
     p.set_defaults(func=cmd_import_flexvar)
+
+    p = sub.add_parser("data", help="locate (or download) Fashion-MNIST")
+    p.add_argument("dataset", choices=["fashion-mnist"])
+    p.add_argument("--root", help="a folder holding the four .gz files")
+    p.add_argument("--download", action="store_true", help="download from the official mirror into the data cache")
+    p.set_defaults(func=cmd_data)
     return parser
 
 

@@ -1,0 +1,141 @@
+"""`sweep` jobs: Ray Tune over any train-spec field, one TorchTrainer and one MLflow child run per trial.
+
+Train V2 pattern: the Tune trainable is a function that builds and fits a TorchTrainer whose
+`TuneReportCallback` forwards rank 0's reports to Tune, so ASHA sees every training report and can
+stop a trial (its worker group and placement group are released with it).
+"""
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import ray.tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
+
+from sar_platform.drivers import train as train_driver
+from sar_platform.report import comparison_table, headline_columns, log_sweep_figure, log_table
+from sar_platform.spec.overrides import trial_job
+from sar_platform.tracking import RunHandle, Tracker
+
+TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; the workers hold the resources
+
+
+def tune_domain(domain):
+    if domain.grid is not None:
+        return ray.tune.grid_search(list(domain.grid))
+    if domain.choice is not None:
+        return ray.tune.choice(list(domain.choice))
+    if domain.uniform is not None:
+        return ray.tune.uniform(*domain.uniform)
+    if domain.loguniform is not None:
+        return ray.tune.loguniform(*domain.loguniform)
+    return ray.tune.randint(domain.randint[0], domain.randint[1] + 1)  # inclusive bounds in the spec
+
+
+def param_space(job) -> dict:
+    space = {path: tune_domain(d) for path, d in job.space.items()}
+    if job.seeds is not None:
+        space["seed"] = ray.tune.grid_search(list(job.seeds))
+    return space
+
+
+def run_trial(config: dict, sweep, session_state: dict, parent: RunHandle, run_name: str) -> None:
+    """The Tune trainable: this trial's train spec -> its MLflow child run -> a TorchTrainer."""
+    from sar_platform.runner import Session
+    from sar_platform.storage import Workspace
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    name = f"{run_name}.{trial_id}"
+    job = trial_job(sweep, config, name=name)
+    session = Session(Workspace(**session_state["workspace"]), Tracker(parent.tracking_uri, sweep.mlflow.experiment),
+                      resume=True, spec_text=session_state["spec_text"])
+    inputs = train_driver.prepare_inputs(job, session)
+    tags = {"sar.trial_id": trial_id, **{f"sar.sweep.{k}": str(v) for k, v in config.items()}}
+    handle = session.open_run(f"{session.workspace.root}/{name}", name, job, parent, tags=tags)
+    trainer = train_driver.build_trainer(job, inputs, handle, session, name, callbacks=[TuneReportCallback()])
+    result = trainer.fit()
+    checkpoint = session.checkpoint_uri(result.checkpoint.path) if result.checkpoint else ""
+    train_driver.finish(result, session, name, handle, {
+        "kind": "train", "generator": f"{checkpoint}/generator.safetensors", "tokenizer": job.tokenizer,
+    })
+
+
+def scheduler(job, total_reports: int):
+    if job.scheduler is None:
+        return None
+    s = job.scheduler
+    return ASHAScheduler(metric=s.metric, mode=s.mode, max_t=max(total_reports, s.grace_period),
+                         grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+
+
+def trial_rows(results, job, tracker: Tracker, parent: RunHandle) -> list[dict]:
+    """One row per trial; the MLflow runs of trials ASHA stopped are closed as KILLED."""
+    children = {r.data.tags.get("sar.trial_id"): r for r in tracker.children(parent)}
+    rows = []
+    for res in results:
+        metrics = res.metrics or {}
+        trial_id = metrics.get("trial_id", "")  # Tune adds it to every result
+        child = children.get(trial_id)
+        row = {"trial": trial_id}
+        row.update({p: res.config.get(p) for p in param_names(job)})
+        finished = any(m in metrics for m in ("fid", "is"))
+        row["status"] = "error" if res.error else ("finished" if finished else f"stopped at step {metrics.get('step', '?')}")
+        row.update({k: metrics[k] for k in ("fid", "is", "precision", "recall") if k in metrics})
+        if child is not None and child.info.status == "RUNNING":
+            tracker.client.set_terminated(child.info.run_id, "FAILED" if res.error else "KILLED")
+        rows.append(row)
+    return rows
+
+
+def param_names(job) -> list[str]:
+    return [*job.space, *(["seed"] if job.seeds is not None else [])]
+
+
+def run(job, session, parent: RunHandle | None, run_name: str) -> dict:
+    handle = session.open_run(f"{session.workspace.root}/{run_name}", run_name, job, parent)
+    base = trial_job(job, {}, name=f"{run_name}.base")
+    inputs = train_driver.prepare_inputs(base, session)  # shared shards are encoded once, before trials start
+    total_reports = math.ceil(inputs.steps / base.log.every_steps) + 2
+    storage_path, filesystem = session.ray_storage()
+    trainable = ray.tune.with_resources(
+        partial(run_trial, sweep=job, parent=handle, run_name=run_name,
+                session_state={"workspace": {"root": session.workspace.root, "s3_endpoint": session.workspace.s3_endpoint},
+                               "spec_text": session.spec_text}),
+        {"cpu": TRIAL_CPU},
+    )
+    experiment = f"{storage_path}/{run_name}"
+    if session.resume and ray.tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                       storage_filesystem=filesystem)
+    else:
+        tuner = ray.tune.Tuner(
+            trainable, param_space=param_space(job),
+            tune_config=ray.tune.TuneConfig(num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials,
+                                            scheduler=scheduler(job, total_reports)),
+            run_config=ray.tune.RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem),
+        )
+    results = tuner.fit()
+    rows = trial_rows(results, job, session.tracker, handle)
+    columns = headline_columns(rows, ["trial", *param_names(job), "status"])
+    print(f"\n[sar] sweep {run_name}: {len(rows)} trials\n{comparison_table(rows, columns)}\n", flush=True)
+    log_table(handle, rows, columns, "trials")
+    log_sweep_figure(handle, rows, param_names(job), job.metric)
+    best = best_row(rows, job.metric, job.mode)
+    if best is not None:
+        handle.log_metrics({f"best_{job.metric}": best[job.metric]}, step=0)
+    handle.finish()
+    outputs = {"kind": "sweep", "trials": rows, "best": best, "mlflow_run_id": handle.run_id}
+    if best is not None:
+        best_outputs = session.outputs(f"{run_name}.{best['trial']}") or {}
+        outputs.update({k: best_outputs[k] for k in ("generator", "tokenizer") if k in best_outputs})
+        outputs["metrics"] = {k: best[k] for k in ("fid", "is", "precision", "recall") if k in best}
+    session.save_outputs(run_name, outputs)
+    return outputs
+
+
+def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:
+    scored = [r for r in rows if isinstance(r.get(metric), (int, float))]
+    if not scored:
+        return None
+    return (min if mode == "min" else max)(scored, key=lambda r: r[metric])

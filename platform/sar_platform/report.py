@@ -1,0 +1,81 @@
+"""Tables and figures that summarise several runs (pipeline comparisons, sweep results)."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from sar_platform.tracking import RunHandle
+
+HEADLINE = ("fid", "is", "precision", "recall")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def headline_columns(rows: Sequence[dict], leading: Sequence[str]) -> list[str]:
+    """The leading columns, then whichever of FID / IS / precision / recall the rows have."""
+    return [*leading, *(m for m in HEADLINE if any(m in r for r in rows))]
+
+
+def comparison_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+
+    def line(values):
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths)) + " |"
+
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, cells)])
+
+
+def log_table(handle: RunHandle, rows: Sequence[dict], columns: Sequence[str], name: str) -> None:
+    """Attach the table to a run as markdown (readable in the UI) and CSV (every key, for analysis)."""
+    keys = list(dict.fromkeys([*columns, *(k for r in rows for k in r)]))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    client = handle.client()
+    client.log_text(handle.run_id, buf.getvalue(), f"{name}.csv")
+    client.log_text(handle.run_id, comparison_table(rows, columns) + "\n", f"{name}.md")
+
+
+def metric_vs_params_figure(rows: Sequence[dict], params: Sequence[str], metric: str, path: Path) -> Path | None:
+    """One panel per swept parameter: the metric of every finished trial against that parameter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    done = [r for r in rows if isinstance(r.get(metric), (int, float)) and not math.isnan(r[metric])]
+    if not done or not params:
+        return None
+    fig, axes = plt.subplots(1, len(params), figsize=(4 * len(params), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], params):
+        xs = [r.get(p) for r in done]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs)
+        labels = sorted({str(x) for x in xs}) if not numeric else None
+        pos = xs if numeric else [labels.index(str(x)) for x in xs]
+        ax.scatter(pos, [r[metric] for r in done], s=36)
+        if labels is not None:
+            ax.set_xticks(range(len(labels)), labels, rotation=20)
+        ax.set_xlabel(p)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def log_sweep_figure(handle: RunHandle, rows, params, metric: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = metric_vs_params_figure(rows, params, metric, Path(tmp) / f"{metric.replace('/', '_')}_vs_params.png")
+        if path is not None:
+            handle.log_artifact(path, "figures")

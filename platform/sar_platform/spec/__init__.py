@@ -1,0 +1,25 @@
+"""Job specs: YAML -> one validated, immutable tree (pydantic v2; sar_core's config dataclasses are
+embedded as they are, so every model/objective/sampler field is validated by the class that uses it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import TypeAdapter
+
+from sar_platform.spec.jobs import (DataSpec, EvalJob, EvalSpec, Job, PipelineJob, SweepJob, TokenizerJob,
+                                    TrainJob)
+from sar_platform.spec.loader import SpecError, load_yaml, validate
+
+
+def load_job(path: str | Path):
+    """Read and validate a job spec; raises SpecError with `file:line:col: field: problem` lines."""
+    data, positions = load_yaml(path)
+    return validate(data, Job, positions, str(path))
+
+
+def job_schema() -> dict:
+    return TypeAdapter(Job).json_schema()
+
+
+__all__ = ["DataSpec", "EvalJob", "EvalSpec", "Job", "PipelineJob", "SpecError", "SweepJob", "TokenizerJob",
+           "TrainJob", "job_schema", "load_job"]

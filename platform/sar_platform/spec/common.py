@@ -1,0 +1,74 @@
+"""Spec pieces every job kind shares: resources, storage, MLflow, and step references."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+STEP_REF = re.compile(r"^step:([A-Za-z0-9][A-Za-z0-9_.-]*)$")
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors everywhere; specs are immutable once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
+
+
+def _absolute_if_local(value: str) -> str:
+    """Relative local paths are resolved against the directory `sar` runs in, once, at load time,
+    so that Ray workers (whose working directory differs) see the same files."""
+    if "://" in value or STEP_REF.match(value):
+        return value
+    return str(Path(value).expanduser().resolve())
+
+
+PathOrURI = Annotated[str, AfterValidator(_absolute_if_local)]
+"""A local path (made absolute), an s3:// URI, or `step:<name>` (the output of a pipeline step)."""
+
+
+class Resources(StrictModel):
+    num_workers: int = Field(1, ge=1)
+    """Ray Train workers: one per device (GPU), or CPU processes."""
+    cpus_per_worker: float = Field(1.0, gt=0)
+    gpus_per_worker: float = Field(0.0, ge=0)
+    """0 trains on CPU with gloo; > 0 uses CUDA, nccl and bf16 autocast (see `precision`)."""
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class Storage(StrictModel):
+    path: PathOrURI = "workspace"
+    """Where runs, checkpoints and shards go: a local folder (default ./workspace) or s3://bucket/prefix.
+    Multi-node clusters need shared storage (S3 or a shared file system)."""
+    s3_endpoint: str | None = None
+    """An S3-compatible endpoint (MinIO, Ceph, ...) for s3:// paths, e.g. http://127.0.0.1:9000."""
+
+
+class MLflowSpec(StrictModel):
+    tracking_uri: str | None = None
+    """None: the embedded local server (127.0.0.1, SQLite + local artifacts under the workspace)."""
+    experiment: Name = "sar-platform"
+    port: int = Field(5055, ge=0, le=65535)
+    """Port of the embedded server (0: any free port). Ignored when tracking_uri is set."""
+
+
+class JobCommon(StrictModel):
+    """Fields every job kind has."""
+
+    name: Name
+    description: str = ""
+    seed: int = 0
+    resources: Resources = Resources()
+    storage: Storage = Storage()
+    mlflow: MLflowSpec = MLflowSpec()
+    max_failures: int = Field(0, ge=-1)
+    """Worker-group failures Ray Train retries from the latest checkpoint (-1: forever)."""

@@ -1,0 +1,236 @@
+"""The job kinds: tokenizer, train, eval, sweep, pipeline. One validated tree per YAML file."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, model_validator
+
+from sar_core.eval import MetricConfig
+from sar_core.generator import GeneratorConfig
+from sar_core.objectives import ObjectiveConfig
+from sar_core.sampling import SamplingConfig
+from sar_core.tokenizer import TokenizerConfig
+from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
+from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec
+
+
+class DataSpec(StrictModel):
+    dataset: Literal["fashion_mnist", "image_folder"] = "fashion_mnist"
+    root: PathOrURI | None = None
+    """Fashion-MNIST: a folder with the four .gz files (default: data cache, then the Debian package's
+    folder). image_folder: a folder with train/<class>/*.JPEG (required)."""
+    download: bool = False
+    """Fashion-MNIST only: download from the official mirror when it is found nowhere (needs internet)."""
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N training images (quick experiments)."""
+    flip: bool = False
+    """Horizontal-flip augmentation: shards also hold the flipped image's tokens, drawn with p = 0.5."""
+    loader: Literal["memory", "ray_data"] = "memory"
+    """memory: each worker loads the token shards into RAM (small data sets); ray_data: Ray Data
+    streams the Parquet shards to the workers (ImageNet-sized data)."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.dataset == "image_folder" and self.root is None:
+            raise ValueError("data.root is required for dataset image_folder (a folder with train/<class>/ images)")
+        if self.dataset != "fashion_mnist" and self.download:
+            raise ValueError("data.download only applies to fashion_mnist")
+        return self
+
+
+class EvalSpec(StrictModel):
+    sampling: SamplingConfig = SamplingConfig()
+    metrics: MetricConfig = MetricConfig()
+    every_steps: int = Field(0, ge=0)
+    """Also evaluate every N training steps (0: only at the end)."""
+    at_end: bool = True
+    figures: bool = True
+    """Log the sample grid, the trajectory (Fig. 7) and the student-forcing rows (Fig. 8) as artifacts."""
+
+
+class TokenizerJob(JobCommon):
+    kind: Literal["tokenizer"]
+    model: TokenizerConfig
+    data: DataSpec = DataSpec()
+    optim: OptimSpec = OptimSpec(lr=2e-3, weight_decay=0.0, grad_clip=0.0, steps=500)
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    log: LogSpec = LogSpec()
+    eval_images: int = Field(512, ge=1)
+    """Held-out test images for the final reconstruction error and codebook usage."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class TrainJob(JobCommon):
+    kind: Literal["train"]
+    tokenizer: PathOrURI
+    """The tokenizer checkpoint (.safetensors) or `step:<name>` of a pipeline tokenizer step."""
+    init_from: PathOrURI | None = None
+    """Start from this generator checkpoint (or `step:<name>`): post-training. None: train from scratch."""
+    model: GeneratorConfig | None = None
+    """Required when training from scratch; must be left out with init_from (the checkpoint has it)."""
+    schedule: ScheduleSpec
+    objective: Objective = ObjectiveConfig()
+    optim: OptimSpec = OptimSpec(steps=1000)
+    data: DataSpec = DataSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+    log: LogSpec = LogSpec()
+    eval: EvalSpec = EvalSpec()
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto: bf16 autocast on GPU workers, fp32 on CPU."""
+
+    @model_validator(mode="after")
+    def _model_xor_init(self):
+        if self.init_from is None and self.model is None:
+            raise ValueError("set model (to train from scratch) or init_from (a generator checkpoint to post-train)")
+        if self.init_from is not None and self.model is not None:
+            raise ValueError("init_from carries the model config: leave model out (or drop init_from)")
+        return self
+
+
+class EvalJob(JobCommon):
+    kind: Literal["eval"]
+    generator: PathOrURI
+    tokenizer: PathOrURI
+    schedule: tuple[int, ...]
+    eval: EvalSpec = EvalSpec()
+    data: DataSpec = DataSpec()
+    """The data set whose real images are the reference (metrics.reference picks the split)."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+class Domain(StrictModel):
+    """One search dimension: exactly one of grid / choice / uniform / loguniform / randint."""
+
+    grid: list[Any] | None = None
+    choice: list[Any] | None = None
+    uniform: tuple[float, float] | None = None
+    loguniform: tuple[float, float] | None = None
+    randint: tuple[int, int] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self):
+        set_ = [k for k in ("grid", "choice", "uniform", "loguniform", "randint") if getattr(self, k) is not None]
+        if len(set_) != 1:
+            raise ValueError(f"give exactly one of grid, choice, uniform, loguniform, randint (got {set_ or 'none'})")
+        for k in ("uniform", "loguniform", "randint"):
+            lo_hi = getattr(self, k)
+            if lo_hi is not None and not lo_hi[0] < lo_hi[1]:
+                raise ValueError(f"{k}: the low bound must be below the high bound, got {list(lo_hi)}")
+        if self.loguniform is not None and self.loguniform[0] <= 0:
+            raise ValueError("loguniform bounds must be > 0")
+        if (self.grid is not None and not self.grid) or (self.choice is not None and not self.choice):
+            raise ValueError("grid / choice need at least one value")
+        return self
+
+    def candidates(self) -> list[Any]:
+        """Values to check against the train spec before any trial runs."""
+        for k in ("grid", "choice", "uniform", "loguniform", "randint"):
+            if (v := getattr(self, k)) is not None:
+                return list(v)
+        return []
+
+
+class AshaSpec(StrictModel):
+    metric: str = "loss/total"
+    """Reported at every training report: ASHA compares trials on it at each rung."""
+    mode: Literal["min", "max"] = "min"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+    """Rungs are counted in training reports (one per log.every_steps)."""
+
+
+SWEEP_INHERITED = ("storage", "mlflow", "seed", "resources", "max_failures")
+
+
+class SweepJob(JobCommon):
+    kind: Literal["sweep"]
+    train: TrainJob
+    """The train job every trial starts from (`kind` and `name` may be left out; storage, MLflow,
+    seed and resources come from the sweep)."""
+    space: dict[str, Domain]
+    """Field paths of the train spec (e.g. objective.gamma) -> values to try."""
+    metric: str = "fid"
+    mode: Literal["min", "max"] = "min"
+    num_samples: int = Field(1, ge=1)
+    """Repetitions of the grid (random domains draw new values each time)."""
+    seeds: list[int] | None = None
+    """Run every configuration once per seed (a grid over `seed`)."""
+    scheduler: AshaSpec | None = None
+    max_concurrent_trials: int = Field(1, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_base(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("train"), dict):
+            train = dict(data["train"])
+            for key in ("kind", "storage", "mlflow"):
+                if key in train and not (key == "kind" and train[key] == "train"):
+                    raise ValueError(f"train.{key}: set {key} on the sweep, not on its train spec")
+            inherited = {k: data[k] for k in SWEEP_INHERITED if k in data and k not in train}
+            data = {**data, "train": {"kind": "train", "name": data.get("name", "trial"), **inherited, **train}}
+        return data
+
+    @model_validator(mode="after")
+    def _check_space(self):
+        from sar_platform.spec.overrides import check_sweep
+
+        check_sweep(self)
+        return self
+
+
+
+Step = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob], Field(discriminator="kind")]
+INHERITED = ("storage", "mlflow", "seed", "resources")
+
+
+class PipelineJob(JobCommon):
+    kind: Literal["pipeline"]
+    steps: dict[Name, Step]
+    """Named steps, run in order; `step:<name>` in a later step uses that step's output."""
+    compare: list[Name] = []
+    """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit(cls, data):
+        """Steps share the pipeline's storage and MLflow, and take its seed/resources unless they set their own."""
+        if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
+            return data
+        steps = {}
+        for name, step in data["steps"].items():
+            if isinstance(step, dict):
+                for key in ("storage", "mlflow"):
+                    if key in step:
+                        raise ValueError(f"steps.{name}.{key}: set {key} on the pipeline, not on a step")
+                step = {"name": name, **{k: data[k] for k in INHERITED if k in data and k not in step}, **step}
+            steps[name] = step
+        return {**data, "steps": steps}
+
+    @model_validator(mode="after")
+    def _references(self):
+        seen: list[str] = []
+        for name, step in self.steps.items():
+            for field, ref in step_references(step):
+                target = STEP_REF.match(ref).group(1)
+                if target not in seen:
+                    raise ValueError(f"steps.{name}.{field}: {ref} does not name an earlier step (earlier: {seen or 'none'})")
+            seen.append(name)
+        for name in self.compare:
+            if name not in self.steps:
+                raise ValueError(f"compare: {name!r} is not a step")
+        return self
+
+
+def step_references(step) -> list[tuple[str, str]]:
+    fields = {"tokenizer", "init_from", "generator"}
+    if isinstance(step, SweepJob):
+        return [(f"train.{k}", ref) for k, ref in step_references(step.train)]
+    return [(k, v) for k in fields if isinstance(v := getattr(step, k, None), str) and STEP_REF.match(v)]
+
+
+Job = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob, PipelineJob], Field(discriminator="kind")]
+
+
+__all__ = [
+    "DataSpec", "Domain", "EvalJob", "EvalSpec", "Job", "PipelineJob", "Step", "SweepJob", "TokenizerJob", "TrainJob",
+]

@@ -1,0 +1,148 @@
+"""Reading YAML job specs: safe loading, validation, and errors that point at `file:line:column`."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+
+UNIONS = (typing.Union, types.UnionType)
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; `str()` is the user-facing report (one line per problem)."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _positions(node: yaml.Node, path: tuple = (), out: dict | None = None) -> dict[tuple, tuple[int, int]]:
+    """Map every key path in a composed YAML document to its (line, column), 1-based."""
+    out = {} if out is None else out
+    out.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            child = path + (key.value,)
+            out[child] = (key.start_mark.line + 1, key.start_mark.column + 1)
+            _positions(value, child, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _positions(item, path + (i,), out)
+    return out
+
+
+def _yaml_path(loc: tuple, positions: dict[tuple, Any]) -> tuple:
+    """Drop the parts of a pydantic error location that are not in the YAML (union tags, dataclass
+    names): keep each part only if the path extended by it exists in the document."""
+    path: tuple = ()
+    for part in loc:
+        if path + (part,) in positions:
+            path += (part,)
+        elif isinstance(part, str) and part.isdigit() and path + (int(part),) in positions:
+            path += (int(part),)
+    return path
+
+
+def _field_names(tp) -> list[str] | None:
+    tp = _unwrap(tp)
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return list(tp.model_fields)
+    if dataclasses.is_dataclass(tp):
+        return [f.name for f in dataclasses.fields(tp)]
+    return None
+
+
+def _unwrap(tp):
+    """Strip Annotated[...] and Optional[...] down to the type that has fields."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is typing.Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in UNIONS and type(None) in typing.get_args(tp) and len(typing.get_args(tp)) == 2:
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _child_type(tp, key):
+    """The declared type one step down the location `key`, or None where it cannot be followed."""
+    tp = _unwrap(tp)
+    origin = typing.get_origin(tp)
+    if origin in UNIONS:
+        for arg in typing.get_args(tp):  # discriminated unions: the tag names the member
+            names = _field_names(arg)
+            if names and "kind" in names and isinstance(key, str):
+                kind = _unwrap(arg).model_fields["kind"].annotation if issubclass(_unwrap(arg), BaseModel) else None
+                if kind is not None and key in typing.get_args(kind):
+                    return arg
+        return None
+    if origin is dict:
+        return typing.get_args(tp)[1]
+    if origin in (list, tuple):
+        return typing.get_args(tp)[0] if typing.get_args(tp) else None
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        field = tp.model_fields.get(key)
+        return field.annotation if field else None
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return hints.get(key)
+    return None
+
+
+def _allowed_fields(root, loc: tuple) -> list[str] | None:
+    tp = root
+    for part in loc:
+        nxt = _child_type(tp, part)
+        if nxt is None:
+            # a union tag or a dict key we could not follow: stay at this level
+            continue
+        tp = nxt
+    return _field_names(tp)
+
+
+def format_errors(err: ValidationError, positions: dict, source: str, root) -> list[str]:
+    problems = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        path = _yaml_path(loc, positions)
+        line, col = positions.get(path, positions.get((), (1, 1)))
+        dotted = ".".join(str(p) for p in path) or "<top level>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
+            allowed = _allowed_fields(root, loc[:-1])
+            msg = f"unknown field '{loc[-1]}'" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        problems.append(f"{source}:{line}:{col}: {dotted}: {msg}")
+    return problems
+
+
+def load_yaml(path: str | Path) -> tuple[Any, dict]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError([f"{path}: cannot read spec ({e.strerror})"]) from e
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        raise SpecError([f"{where}: YAML syntax error: {getattr(e, 'problem', None) or e}"]) from e
+    if not isinstance(data, dict):
+        raise SpecError([f"{path}:1:1: a job spec is a YAML mapping with at least `kind` and `name`"])
+    return data, _positions(node) if node is not None else {}
+
+
+def validate(data: Any, root_type, positions: dict, source: str):
+    try:
+        return TypeAdapter(root_type).validate_python(data)
+    except ValidationError as e:
+        raise SpecError(format_errors(e, positions, source, root_type)) from e

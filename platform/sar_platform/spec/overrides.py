@@ -1,0 +1,60 @@
+"""Sweeps: setting spec fields by dotted path, checked against the train spec before any trial runs."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pydantic import ValidationError
+
+from sar_platform.spec.loader import _child_type, _field_names
+
+
+def field_exists(root_type, path: str) -> bool:
+    tp = root_type
+    for part in path.split("."):
+        names = _field_names(tp)
+        if names is None or part not in names:
+            return False
+        tp = _child_type(tp, part)
+    return True
+
+
+def set_path(data: dict, path: str, value: Any) -> dict:
+    out = copy.deepcopy(data)
+    node = out
+    *parents, leaf = path.split(".")
+    for part in parents:
+        child = node.get(part)
+        node[part] = child = dict(child) if isinstance(child, dict) else {}
+        node = child
+    node[leaf] = value
+    return out
+
+
+def trial_job(sweep, overrides: dict[str, Any], name: str | None = None):
+    """The sweep's train job with `overrides` applied, validated like a spec file."""
+    from sar_platform.spec.jobs import TrainJob
+
+    data = sweep.train.model_dump(mode="python", exclude_unset=True)
+    for path, value in overrides.items():
+        data = set_path(data, path, value)
+    if name is not None:
+        data["name"] = name
+    return TrainJob.model_validate(data)
+
+
+def check_sweep(sweep) -> None:
+    """Every searched path names a field of the train spec and every candidate value validates."""
+    from sar_platform.spec.jobs import TrainJob
+
+    for path, domain in sweep.space.items():
+        if not field_exists(TrainJob, path):
+            raise ValueError(f"space.{path}: the train spec has no field {path!r}")
+        for value in domain.candidates():
+            try:
+                trial_job(sweep, {path: value})
+            except ValidationError as e:
+                first = e.errors(include_url=False)[0]
+                raise ValueError(f"space.{path}: value {value!r} is not valid: {first['msg']}") from None
+    if sweep.seeds is not None and "seed" in sweep.space:
+        raise ValueError("give seeds either as `seeds` or in `space.seed`, not both")

@@ -1,0 +1,120 @@
+"""The workspace: a local folder or an S3 prefix holding runs, checkpoints, shards and outputs.
+
+Layout under the root:
+    runs/<job>/            Ray Train run (checkpoints), outputs.json once the job finished
+    shards/<dataset>-<tokenizer fingerprint>/   pre-tokenized Parquet shards
+    evals/<job>/           samples, figures
+The embedded MLflow server always keeps its SQLite file and artifacts on the driver's local disk
+(`mlflow_root`), under the workspace when the workspace is local.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: str
+    s3_endpoint: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        return "://" not in self.root
+
+    def filesystem(self) -> tuple[pafs.FileSystem, str]:
+        """(pyarrow filesystem, root path inside it without scheme)."""
+        if self.is_local:
+            return pafs.LocalFileSystem(), self.root
+        if not self.root.startswith("s3://"):
+            raise ValueError(f"storage.path {self.root!r}: only local paths and s3:// URIs are supported")
+        kwargs: dict[str, Any] = {}
+        if self.s3_endpoint:
+            scheme, _, host = self.s3_endpoint.partition("://")
+            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
+            for env, key in (("AWS_ACCESS_KEY_ID", "access_key"), ("AWS_SECRET_ACCESS_KEY", "secret_key")):
+                if os.environ.get(env):
+                    kwargs[key] = os.environ[env]
+        return pafs.S3FileSystem(**kwargs), self.root[len("s3://"):]
+
+    def path(self, *parts: str) -> str:
+        """A location inside the workspace, as a path (local) or URI (s3)."""
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def _fs_path(self, uri: str) -> tuple[pafs.FileSystem, str]:
+        fs, _ = self.filesystem()
+        return fs, uri[len("s3://"):] if uri.startswith("s3://") else uri
+
+    def exists(self, uri: str) -> bool:
+        fs, p = self._fs_path(uri)
+        return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+    def write_json(self, uri: str, data: Any) -> None:
+        fs, p = self._fs_path(uri)
+        fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(p + ".tmp") as f:
+            f.write(json.dumps(data, indent=2, default=str).encode())
+        fs.move(p + ".tmp", p)
+
+    def read_json(self, uri: str) -> Any | None:
+        fs, p = self._fs_path(uri)
+        if fs.get_file_info(p).type == pafs.FileType.NotFound:
+            return None
+        with fs.open_input_stream(p) as f:
+            return json.loads(f.read().decode())
+
+    def upload(self, local: str | Path, uri: str) -> str:
+        if self.is_local:
+            return str(local)
+        fs, p = self._fs_path(uri)
+        pafs.copy_files(str(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+        return uri
+
+    def local_copy(self, uri: str) -> Path:
+        """A local file for `uri` (itself when local; else downloaded once into a cache)."""
+        if "://" not in uri:
+            return Path(uri)
+        target = self._cache(uri) / uri.rsplit("/", 1)[-1]
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fs, p = self._fs_path(uri)
+            pafs.copy_files(p, str(target) + ".part", source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            os.replace(str(target) + ".part", target)
+        return target
+
+    def _cache(self, uri: str) -> Path:
+        base = Path(os.environ.get("SAR_CACHE", Path.home() / ".cache" / "sar-platform")) / "storage"
+        return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+    def local_folder(self, uri: str) -> Path:
+        """A local copy of a workspace folder (itself when local; downloaded once otherwise)."""
+        if "://" not in uri:
+            return Path(uri)
+        target = self._cache(uri) / uri.rstrip("/").rsplit("/", 1)[-1]
+        if not target.exists():
+            fs, p = self._fs_path(uri)
+            tmp = Path(str(target) + ".part")
+            pafs.copy_files(p, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
+            os.replace(tmp, target)
+        return target
+
+    def staging_dir(self, uri: str) -> Path:
+        """A local folder in which to build what will be uploaded to `uri`."""
+        path = self._cache(uri) / "staging"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def upload_folder(self, local: str | Path, uri: str) -> None:
+        fs, p = self._fs_path(uri)
+        pafs.copy_files(str(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    def mlflow_root(self) -> Path:
+        if self.is_local:
+            return Path(self.root) / "mlflow"
+        return Path.home() / ".local" / "share" / "sar-platform" / "mlflow"

@@ -1,0 +1,106 @@
+"""Training the scale-wise generator with any objective (tf / sar / sf_*) on a Ray Train worker."""
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
+from sar_core.generator import ScaleGenerator, unwrap
+from sar_core.objectives import TokenBatch, build_objective
+from sar_platform.evaluation import evaluate_generator
+from sar_platform.storage import Workspace
+from sar_platform.worker import loop
+
+CHECKPOINT_FILE = "generator.safetensors"
+
+
+def compatible(model: ScaleGenerator, tokenizer) -> None:
+    """A generator only makes sense with the tokenizer whose codebook it was trained on."""
+    codes = tokenizer.normalized_codebook().to(model.codebook.device)
+    if model.codebook.shape != codes.shape or not torch.allclose(model.codebook, codes, atol=1e-5):
+        raise CheckpointError(
+            f"the generator's codebook {tuple(model.codebook.shape)} is not the tokenizer's {tuple(codes.shape)}: "
+            "the generator was trained with another tokenizer"
+        )
+
+
+class GeneratorTask:
+    def __init__(self, job, inputs):
+        self.job, self.inputs, self.name = job, inputs, job.name
+        self.workspace = Workspace(job.storage.path, job.storage.s3_endpoint)
+        self.objective = build_objective(job.objective)
+        self.draw = job.schedule.draw() if job.schedule.random else None
+
+    def build(self, device: torch.device) -> nn.Module:
+        self.device = device
+        self.tokenizer = load_model(self.workspace.local_copy(self.inputs.tokenizer), kind="tokenizer", device=device).eval()
+        self.tokenizer.requires_grad_(False)
+        if self.inputs.init_from is not None:
+            model = load_model(self.workspace.local_copy(self.inputs.init_from), kind="generator")
+        else:
+            torch.manual_seed(self.job.seed)
+            model = ScaleGenerator(self.job.model).set_codebook(self.tokenizer.codebook.weight.detach().cpu())
+        model = model.to(device)
+        compatible(model, self.tokenizer)
+        return model
+
+    def schedule(self, step: int):
+        """Fixed, or a fresh FlexVAR draw; the same on every rank (seeded by the step)."""
+        if self.draw is None:
+            return self.job.schedule.default
+        return self.draw(random.Random(self.job.seed * 1_000_003 + step))
+
+    def batches(self, rank: int, world: int, start_step: int):
+        source = self.inputs.shards.batches(self.job, rank, world, start_step, self.device)
+        for step, (labels, tokens_BT) in enumerate(source, start=start_step):
+            schedule = self.schedule(step)
+            yield TokenBatch(labels, self.inputs.shards.select(tokens_BT, schedule), schedule)
+
+    def rng(self, step: int) -> torch.Generator:
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        return torch.Generator(self.device).manual_seed(hash((self.job.seed, rank, step)) & 0x7FFF_FFFF_FFFF)
+
+    def loss(self, model, batch: TokenBatch, step: int):
+        out = self.objective(model, batch, step, self.rng(step))
+        return out.loss, out.metrics
+
+    def diagnostics(self, model, batch: TokenBatch, step: int):
+        return self.objective.diagnostics(model, batch, self.rng(step))
+
+    def evaluate(self, model, step: int, final: bool):
+        return evaluate_generator(unwrap(model), self.tokenizer, self.job, step, Path(tempfile.mkdtemp()),
+                                  trace_batch=self.trace_batch())
+
+    def trace_batch(self) -> TokenBatch:
+        labels, tokens = self.inputs.shards.first_rows(8, self.device)
+        schedule = self.job.schedule.default
+        return TokenBatch(labels, self.inputs.shards.select(tokens, schedule), schedule)
+
+    def save(self, model, directory: Path) -> None:
+        save_model(model, directory / CHECKPOINT_FILE, {"job": self.job.name})
+
+    def load(self, model, directory: Path) -> None:
+        state = read_tensors(directory / CHECKPOINT_FILE, self.device)
+        load_state_strict(model, state, str(directory / CHECKPOINT_FILE))
+
+    def state_dict(self) -> dict:
+        return {"objective": self.objective.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.objective.load_state_dict(state["objective"])
+
+
+def train_generator(config: dict) -> None:
+    """Ray Train worker entry point."""
+    job, inputs = config["job"], config["inputs"]
+    task = GeneratorTask(job, inputs)
+    settings = loop.LoopSettings(
+        steps=inputs.steps, log_every=job.log.every_steps, checkpoint_every=job.checkpoint.every_steps,
+        diagnostics_every=job.log.diagnostics_every, eval_every=job.eval.every_steps, eval_at_end=job.eval.at_end,
+        precision=loop.precision(job), seed=job.seed,
+    )
+    loop.run(task, settings, job.optim, config["mlflow"])

@@ -1,0 +1,218 @@
+"""The training loop every Ray Train worker runs, whatever it trains.
+
+A `Task` says what is trained (model, batches, loss, evaluation, what goes into a checkpoint); this
+loop owns everything else once: optimizer and learning-rate schedule, autocast, gradient clipping,
+metric averaging across ranks, progress lines, MLflow logging on rank 0, `ray.train.report` (a
+collective: every rank calls it equally often) with checkpoints, and resuming from the latest
+checkpoint after a worker-group retry or `sar run --resume`.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from sar_platform.spec.train import OptimSpec
+from sar_platform.tracking import RunHandle
+
+TRAIN_STATE = "train_state.pt"
+
+
+class Task(Protocol):
+    name: str
+
+    def build(self, device: torch.device) -> nn.Module: ...
+    def batches(self, rank: int, world: int, start_step: int) -> Iterator[Any]: ...
+    def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def diagnostics(self, model: nn.Module, batch: Any, step: int) -> dict[str, float]: ...
+    def evaluate(self, model: nn.Module, step: int, final: bool) -> tuple[dict[str, float], list[Path]]: ...
+    def save(self, model: nn.Module, directory: Path) -> None: ...
+    def load(self, model: nn.Module, directory: Path) -> None: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    steps: int
+    log_every: int
+    checkpoint_every: int
+    diagnostics_every: int  # 0: never
+    eval_every: int  # 0: only at the end (if eval_at_end)
+    eval_at_end: bool
+    precision: str  # "fp32" | "bf16"
+    seed: int
+
+
+def no_decay(name: str, p: nn.Parameter) -> bool:
+    """The reference recipe: no weight decay on 1-D tensors (biases, gains) and position/scale maps."""
+    return p.ndim <= 1 or name.endswith(".bias") or any(k in name for k in ("pos_grid", "start_pos", "log_scale"))
+
+
+def build_optimizer(model: nn.Module, optim: OptimSpec, device: torch.device) -> torch.optim.Optimizer:
+    decay, other = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (other if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=optim.betas, fused=device.type == "cuda")
+
+
+def lr_factor(optim: OptimSpec, total_steps: int, step: int) -> float:
+    if step < optim.warmup_steps:
+        return (step + 1) / optim.warmup_steps
+    if optim.lr_schedule == "constant":
+        return 1.0
+    progress = (step - optim.warmup_steps) / max(1, total_steps - optim.warmup_steps)
+    shape = 1 - progress if optim.lr_schedule == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+    return optim.min_lr_ratio + (1 - optim.min_lr_ratio) * shape
+
+
+def mean_across_ranks(metrics: dict[str, float], world: int) -> dict[str, float]:
+    if world == 1:
+        return metrics
+    gathered: list[dict[str, float]] = [{} for _ in range(world)]
+    dist.all_gather_object(gathered, metrics)
+    keys = set().union(*gathered)
+    return {k: sum(g[k] for g in gathered if k in g) / sum(k in g for g in gathered) for k in keys}
+
+
+class MetricWindow:
+    """Averages the per-step metrics between two reports."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def pop(self) -> dict[str, float]:
+        out = {k: s / self.counts[k] for k, s in self.sums.items()}
+        self.sums, self.counts = {}, {}
+        return out
+
+
+def save_state(directory: Path, task: Task, model, opt, sched, step: int) -> None:
+    task.save(model, directory)
+    torch.save(
+        {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict()},
+        directory / TRAIN_STATE,
+    )
+
+
+def restore_state(directory: Path, task: Task, model, opt, sched) -> int:
+    task.load(model, directory)
+    state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    task.load_state_dict(state["task"])
+    return int(state["step"])
+
+
+def precision(job) -> str:
+    """`auto`: bf16 autocast on GPU workers, fp32 on CPU ones."""
+    if job.precision == "auto":
+        return "bf16" if job.resources.use_gpu else "fp32"
+    return job.precision
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> None:
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(settings.seed * 1000 + rank)
+
+    model = task.build(device)
+    opt = build_optimizer(model, optim, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(optim, settings.steps, s))
+    start = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            start = restore_state(Path(d), task, model, opt, sched)
+        if rank == 0:
+            print(f"[{task.name}] resuming from step {start}", flush=True)
+    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+
+    window, t_last, s_last = MetricWindow(), time.perf_counter(), start
+    batches = task.batches(rank, world, start)
+    for step in range(start, settings.steps):
+        model.train()
+        batch = next(batches)
+        with autocast(device, settings.precision):
+            loss, metrics = task.loss(ddp_model, batch, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if optim.grad_clip > 0:
+            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip))
+        opt.step()
+        sched.step()
+        window.add(metrics)
+
+        done = step + 1
+        final = done == settings.steps
+        diagnose = settings.diagnostics_every and done % settings.diagnostics_every == 0
+        evaluate = (settings.eval_every and done % settings.eval_every == 0 and not final) or (final and settings.eval_at_end)
+        save = done % settings.checkpoint_every == 0 or final
+        if not (done % settings.log_every == 0 or diagnose or evaluate or save):
+            continue
+
+        report = window.pop()
+        if diagnose:
+            with autocast(device, settings.precision):
+                report.update(task.diagnostics(ddp_model, batch, step))
+        report = mean_across_ranks(report, world)
+        elapsed = time.perf_counter() - t_last
+        report.update(step=done, lr=sched.get_last_lr()[0], steps_per_s=(done - s_last) / max(elapsed, 1e-9))
+        if evaluate:
+            with autocast(device, settings.precision):
+                eval_metrics, artifacts = task.evaluate(model, done, final)
+            report.update(eval_metrics)
+            if rank == 0 and handle is not None:
+                for path in artifacts:
+                    handle.log_artifact(path, "figures" if path.suffix == ".png" else None)
+        if rank == 0:
+            if handle is not None:
+                handle.log_metrics(report, done)
+            print_progress(task.name, done, settings.steps, report, elapsed, done - s_last)
+        report_to_ray(report, task, model, opt, sched, done, save, rank)
+        t_last, s_last = time.perf_counter(), done
+
+
+def report_to_ray(metrics, task, model, opt, sched, step: int, save: bool, rank: int) -> None:
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            save_state(Path(tmp), task, model, opt, sched, step)
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:08d}")
+
+
+def print_progress(name: str, step: int, total: int, metrics: dict, elapsed: float, n: int) -> None:
+    rate = n / max(elapsed, 1e-9)
+    eta = (total - step) / rate if rate > 0 else float("nan")
+    shown = "  ".join(
+        f"{k} {metrics[k]:.4g}" for k in ("loss/total", "loss", "fid", "is", "precision", "recall") if k in metrics
+    )
+    print(f"[{name}] step {step}/{total}  {shown}  {rate:.2f} it/s  eta {eta / 60:.1f} min", flush=True)
