@@ -41,8 +41,13 @@ def cmd_schema(args) -> int:
 def cmd_run(args) -> int:
     (job,) = _load([args.spec])
     from sar_platform.runner import run_job
+    from sar_platform.spec import SpecError
 
-    run_job(job, spec_path=Path(args.spec), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    try:
+        run_job(job, spec_path=Path(args.spec), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+    except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
+        print(str(e), file=sys.stderr)
+        return EXIT_SPEC_ERROR
     return 0
 
 
@@ -159,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--feature-network", choices=["fmnist_classifier", "inception"], default="fmnist_classifier")
             p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --feature-network inception)")
             p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
+            p.add_argument("--dataset", choices=["fashion_mnist", "image_folder"], default="fashion_mnist")
+            p.add_argument("--data-root", help="the data set's folder (image_folder: holds <split>/<class>/)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("import-flexvar", help="convert published FlexVAR weights into sar-platform checkpoints")

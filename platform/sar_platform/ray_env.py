@@ -13,15 +13,20 @@ def repository_root() -> Path:
 
 
 def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, str] | None = None) -> dict:
-    """working_dir = the repository (workers import sar_core / sar_platform from it; there is no
-    `platform/__init__.py`, so the standard library's `platform` stays importable), plus env vars."""
-    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    """working_dir = the repository (job specs and data paths resolve in it; there is no
+    `platform/__init__.py`, so the standard library's `platform` stays importable there), the two
+    packages as py_modules, plus env vars."""
+    # Plain prints from workers: Ray Train's print patch would show every progress line twice.
+    env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     for key in ("RAY_AUTH_MODE", "SAR_DATA_CACHE", "MLFLOW_TRACKING_URI"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})
+    repo = Path(repo or repository_root())
     return {
-        "working_dir": str(repo or repository_root()),
+        "working_dir": str(repo),
+        # The packages travel too, so nodes without an install of this repository can import them.
+        "py_modules": [str(repo / "sar_core"), str(repo / "platform" / "sar_platform")],
         "excludes": WORKING_DIR_EXCLUDES,
         "env_vars": env,
     }

@@ -1,7 +1,7 @@
 """`sar run`: check the job, start (or reuse) MLflow, connect Ray, and hand the job to its driver."""
 from __future__ import annotations
 
-import ipaddress
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -74,13 +74,6 @@ def preflight(job, workspace: Workspace, resume: bool) -> None:
     check_inputs(job, workspace)
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, str]) -> None:
     import ray
 
@@ -88,15 +81,17 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
+        # Everything on loopback: the embedded cluster serves this machine only.
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                 log_to_driver=True)
+                 log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
 def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
     """Local storage and an embedded (loopback) MLflow server only work when every node is this machine."""
     import ray
 
-    remote = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive") and not _loopback(n["NodeManagerAddress"])]
+    here = ray.util.get_node_ip_address()
+    remote = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] != here]
     if not remote:
         return
     problems = []
@@ -110,11 +105,12 @@ def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
         raise SpecError(problems)
 
 
-def drivers() -> dict[str, Callable]:
-    from sar_platform.drivers import evaluate, pipeline, sweep, tokenizer, train
+DRIVER_MODULES = {"tokenizer": "tokenizer", "train": "train", "eval": "evaluate", "sweep": "sweep", "pipeline": "pipeline"}
 
-    return {"tokenizer": tokenizer.run, "train": train.run, "eval": evaluate.run, "sweep": sweep.run,
-            "pipeline": pipeline.run}
+
+def driver(kind: str) -> Callable:
+    """The function that runs a job of this kind (drivers/<module>.py: run(job, session, parent, run_name))."""
+    return importlib.import_module(f"sar_platform.drivers.{DRIVER_MODULES[kind]}").run
 
 
 def run_job(job, spec_path: Path | None = None, address: str | None = None, resume: bool = False,
@@ -137,7 +133,7 @@ def run_job(job, spec_path: Path | None = None, address: str | None = None, resu
     try:
         check_cluster(job, workspace, tracking_uri)
         session = Session(workspace, tracker, resume, spec_path.read_text() if spec_path else "")
-        outputs = drivers()[job.kind](job, session, parent=None, run_name=job.name)
+        outputs = driver(job.kind)(job, session, parent=None, run_name=job.name)
     finally:
         if started_ray:
             ray.shutdown()

@@ -24,7 +24,7 @@ def resolve(step, outputs: dict[str, dict]):
 
 
 def run(job, session, parent, run_name: str) -> dict:
-    from sar_platform.runner import drivers
+    from sar_platform.runner import driver
 
     handle = session.open_run(f"{session.workspace.root}/{run_name}", run_name, job, parent)
     outputs: dict[str, dict] = {}
@@ -36,7 +36,7 @@ def run(job, session, parent, run_name: str) -> dict:
             outputs[name] = done
             continue
         print(f"[sar] === step {name} ({step.kind}) ===", flush=True)
-        outputs[name] = drivers()[step.kind](resolve(step, outputs), session, parent=handle, run_name=step_run)
+        outputs[name] = driver(step.kind)(resolve(step, outputs), session, parent=handle, run_name=step_run)
 
     result = {"kind": "pipeline", "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:

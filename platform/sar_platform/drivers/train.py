@@ -21,7 +21,11 @@ class TrainInputs:
 
 
 def prepare_inputs(job, session) -> TrainInputs:
+    from sar_platform.evaluation import ensure_eval_assets
+
     shards = ensure_token_shards(job, session)
+    if job.eval.at_end or job.eval.every_steps:
+        ensure_eval_assets(job, session)
     return TrainInputs(job.tokenizer, job.init_from, shards, job.optim.total_steps(shards.num_rows))
 
 
@@ -36,12 +40,15 @@ def scaling_config(resources) -> ray.train.ScalingConfig:
 
 
 def run_config(job, session, run_name: str, callbacks=()) -> ray.train.RunConfig:
+    """Where the run's checkpoints go (runs/<name>), how many are kept, and how often it is retried."""
+    keep = job.checkpoint.keep if hasattr(job, "checkpoint") else None
     storage_path, filesystem = session.ray_storage()
     return ray.train.RunConfig(
         name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=job.checkpoint.keep),
+        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
         callbacks=list(callbacks),
+        logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress lines come from our loop
     )
 
 
@@ -63,9 +70,10 @@ def finish(result, session, run_name: str, handle: RunHandle, outputs: dict) -> 
     if result.error is not None:
         handle.finish("FAILED")
         raise RuntimeError(f"{run_name} failed: {result.error}") from result.error
-    checkpoint = session.checkpoint_uri(result.checkpoint.path)
-    outputs = {**outputs, "checkpoint": checkpoint, "metrics": dict(result.metrics or {}), "mlflow_run_id": handle.run_id}
-    handle.set_tags({"sar.checkpoint": checkpoint})
+    outputs = {**outputs, "metrics": dict(result.metrics or {}), "mlflow_run_id": handle.run_id}
+    if result.checkpoint is not None:
+        outputs["checkpoint"] = session.checkpoint_uri(result.checkpoint.path)
+        handle.set_tags({"sar.checkpoint": outputs["checkpoint"]})
     handle.finish()
     session.save_outputs(run_name, outputs)
     return outputs

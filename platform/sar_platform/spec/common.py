@@ -1,6 +1,7 @@
 """Spec pieces every job kind shares: resources, storage, MLflow, and step references."""
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,11 +22,13 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
 
 def _absolute_if_local(value: str) -> str:
-    """Relative local paths are resolved against the directory `sar` runs in, once, at load time,
-    so that Ray workers (whose working directory differs) see the same files."""
+    """Relative local paths are resolved once, at load time, against the directory `sar` runs in
+    (or $SAR_BASE_DIR: `sar submit` sets it to the submitter's directory), so that Ray workers and
+    job drivers, whose working directories differ, see the same files."""
     if "://" in value or STEP_REF.match(value):
         return value
-    return str(Path(value).expanduser().resolve())
+    base = Path(os.environ.get("SAR_BASE_DIR", "."))
+    return str((base / Path(value).expanduser()).resolve())
 
 
 PathOrURI = Annotated[str, AfterValidator(_absolute_if_local)]
@@ -46,7 +49,7 @@ class Resources(StrictModel):
 
 
 class Storage(StrictModel):
-    path: PathOrURI = "workspace"
+    path: PathOrURI = Field("workspace", validate_default=True)
     """Where runs, checkpoints and shards go: a local folder (default ./workspace) or s3://bucket/prefix.
     Multi-node clusters need shared storage (S3 or a shared file system)."""
     s3_endpoint: str | None = None

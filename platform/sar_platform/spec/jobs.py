@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from sar_core.eval import MetricConfig
+from sar_core.eval.config import MetricConfig
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
 from sar_core.sampling import SamplingConfig
+from sar_core.schedule import ScaleSchedule
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec
@@ -38,14 +39,21 @@ class DataSpec(StrictModel):
         return self
 
 
-class EvalSpec(StrictModel):
+class ScoringSpec(StrictModel):
+    """How generated samples are drawn and scored."""
+
     sampling: SamplingConfig = SamplingConfig()
     metrics: MetricConfig = MetricConfig()
+    figures: bool = True
+    """Log the sample grid, the trajectory (Fig. 7) and, in training, the student-forcing rows (Fig. 8)."""
+
+
+class EvalSpec(ScoringSpec):
+    """Scoring during training."""
+
     every_steps: int = Field(0, ge=0)
     """Also evaluate every N training steps (0: only at the end)."""
     at_end: bool = True
-    figures: bool = True
-    """Log the sample grid, the trajectory (Fig. 7) and the student-forcing rows (Fig. 8) as artifacts."""
 
 
 class TokenizerJob(JobCommon):
@@ -92,10 +100,18 @@ class EvalJob(JobCommon):
     generator: PathOrURI
     tokenizer: PathOrURI
     schedule: tuple[int, ...]
-    eval: EvalSpec = EvalSpec()
+    """The scales to generate with (any schedule ending at the tokenizer's latent size)."""
+    eval: ScoringSpec = ScoringSpec()
     data: DataSpec = DataSpec()
     """The data set whose real images are the reference (metrics.reference picks the split)."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
+
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, v):
+        ScaleSchedule(v)
+        return v
 
 
 class Domain(StrictModel):
@@ -232,5 +248,5 @@ Job = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob, PipelineJob], F
 
 
 __all__ = [
-    "DataSpec", "Domain", "EvalJob", "EvalSpec", "Job", "PipelineJob", "Step", "SweepJob", "TokenizerJob", "TrainJob",
+    "DataSpec", "Domain", "EvalJob", "EvalSpec", "ScoringSpec", "Job", "PipelineJob", "Step", "SweepJob", "TokenizerJob", "TrainJob",
 ]

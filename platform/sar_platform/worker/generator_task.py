@@ -72,7 +72,7 @@ class GeneratorTask:
         return self.objective.diagnostics(model, batch, self.rng(step))
 
     def evaluate(self, model, step: int, final: bool):
-        return evaluate_generator(unwrap(model), self.tokenizer, self.job, step, Path(tempfile.mkdtemp()),
+        return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default, Path(tempfile.mkdtemp()),
                                   trace_batch=self.trace_batch())
 
     def trace_batch(self) -> TokenBatch:

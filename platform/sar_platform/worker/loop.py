@@ -189,7 +189,7 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
             report.update(eval_metrics)
             if rank == 0 and handle is not None:
                 for path in artifacts:
-                    handle.log_artifact(path, "figures" if path.suffix == ".png" else None)
+                    handle.log_artifact(path, f"{'figures' if path.suffix == '.png' else 'samples'}/step_{done:07d}")
         if rank == 0:
             if handle is not None:
                 handle.log_metrics(report, done)

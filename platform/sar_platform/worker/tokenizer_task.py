@@ -35,7 +35,7 @@ class TokenizerTask:
 
     def loss(self, model, images, step):
         _, loss, metrics = model(images)
-        return loss, {"loss": float(loss), **{k: float(v) for k, v in metrics.items()}}
+        return loss, {"loss": loss.item(), **{k: float(v) for k, v in metrics.items()}}
 
     def diagnostics(self, model, batch, step):
         return {}
