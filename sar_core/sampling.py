@@ -78,8 +78,25 @@ def sample_tokens(
     temperature: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Draw one token per position: (B, l, V) logits -> (B, l) indices."""
-    B, l, V = logits_BlV.shape
-    logits = filter_logits(logits_BlV.float() / temperature, top_k, top_p)
-    probs = logits.softmax(dim=-1).reshape(-1, V)
-    return torch.multinomial(probs, 1, generator=generator).reshape(B, l)
+    """Draw one token per position: (B, l, V) logits -> (B, l) indices.
+
+    The same distribution as `filter_logits` then softmax, computed on the k survivors only (a
+    top-k selection instead of a full-vocabulary sort), and drawn as argmax(p / Exp(1)) noise, an
+    exact categorical draw that needs no cumulative sums over the vocabulary.
+    """
+    V = logits_BlV.shape[-1]
+    logits = logits_BlV.float() / temperature
+    use_p = 0.0 < top_p < 1.0
+    if 0 < top_k < V:
+        logits, order = logits.topk(top_k, dim=-1)  # sorted, descending
+    elif use_p:
+        logits, order = logits.sort(dim=-1, descending=True)
+    else:
+        order = None
+    probs = logits.softmax(dim=-1)
+    if use_p:  # logits are sorted: drop a token once the mass before it reaches top_p
+        before = probs.cumsum(dim=-1) - probs
+        probs = probs.masked_fill(before >= top_p, 0.0)
+    noise = torch.empty_like(probs).exponential_(generator=generator)
+    choice = (probs / noise).argmax(dim=-1)
+    return choice if order is None else order.gather(-1, choice[..., None])[..., 0]

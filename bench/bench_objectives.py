@@ -1,0 +1,131 @@
+"""Benchmark of the training objectives: median train step (forward + backward + AdamW) of every
+objective kind, and its ratio to teacher forcing, as JSON.
+
+    python bench/bench_objectives.py --preset tiny --threads 1            # CPU
+    python bench/bench_objectives.py --preset d16 --device cuda --dtype bf16
+
+Targets (issue 3): SAR <= 2.1x the teacher-forcing step at student_fraction 1, <= 1.6x at 0.5.
+All variants share one model and optimizer (memory for one model, speed does not depend on the
+weights) and are timed round-robin, one step each per round, so that a shared machine's drifting
+speed hits every variant alike; on CPU the process time of each step is reported too, which the
+other processes of a shared machine do not inflate. Batches are random tokens on the preset's
+fixed schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+# run as a script, bench/ is on sys.path
+from bench_core import PRESETS, autocast, build, make_optimizer, peak_memory_mb, time_calls
+from sar_core.objectives import ObjectiveConfig, TokenBatch, build_objective
+
+
+def variants(hybrid_scale: int) -> dict[str, ObjectiveConfig]:
+    """Every kind; SAR with each sampling strategy, at student_fraction 1 and 0.5, and both presets."""
+    return {
+        "tf": ObjectiveConfig(),
+        "sar": ObjectiveConfig(kind="sar"),
+        "sar@0.5": ObjectiveConfig(kind="sar", student_fraction=0.5),
+        "sar_stochastic": ObjectiveConfig(kind="sar", sampling="stochastic"),
+        "sar_cfg": ObjectiveConfig(kind="sar", sampling="cfg"),
+        "sar_cfg@0.5": ObjectiveConfig(kind="sar", sampling="cfg", student_fraction=0.5),
+        "sar_depth2": ObjectiveConfig(kind="sar", rollout_depth=2),
+        "paper": ObjectiveConfig.from_preset("paper"),
+        "paper@0.5": ObjectiveConfig.from_preset("paper", student_fraction=0.5),
+        "released_code": ObjectiveConfig.from_preset("released_code"),
+        "sf_full": ObjectiveConfig(kind="sf_full"),
+        "sf_alternate": ObjectiveConfig(kind="sf_alternate"),
+        "sf_interleave": ObjectiveConfig(kind="sf_interleave"),
+        "sf_hybrid": ObjectiveConfig(kind="sf_hybrid", hybrid_scale=hybrid_scale),
+    }
+
+
+def make_step(config, gen, opt, batch, device, dtype):
+    objective, rng = build_objective(config), torch.Generator(device=device).manual_seed(0)
+    steps = 2 if config.kind == "sf_alternate" else 1  # one TF and one SF step, timed together
+    counter = itertools.count()
+
+    def step():
+        for _ in range(steps):
+            with autocast(device, dtype):
+                out = objective(gen, batch, next(counter), rng)
+            opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            opt.step()
+
+    return step, steps
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--batch", type=int, default=None, help="train batch (default: the preset's)")
+    p.add_argument("--rounds", type=int, default=15, help="timed round-robin rounds")
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    args = p.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    preset = PRESETS[args.preset]
+    schedule, batch_size = preset["schedule"], args.batch or preset["batch"]
+    _, gen = build(preset, device)
+    gen.train()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.cuda.reset_peak_memory_stats(device)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, gen.config.num_classes, (batch_size,), generator=g)
+    tokens = torch.randint(0, gen.config.vocab_size, (batch_size, schedule.num_tokens), generator=g)
+    batch = TokenBatch(labels, tokens, schedule).to(device)
+    opt = make_optimizer(gen, device)
+    hybrid_scale = schedule[len(schedule) // 2]
+    steps = {name: make_step(cfg, gen, opt, batch, device, args.dtype) for name, cfg in variants(hybrid_scale).items()}
+
+    wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
+    for r in range(args.warmup + args.rounds):
+        for name, (fn, n) in steps.items():
+            t = time.process_time()
+            ms = time_calls(fn, steps=1, warmup=0, device=device) / n
+            if r >= args.warmup:
+                wall[name].append(ms)
+                cpu[name].append((time.process_time() - t) * 1000 / n)
+    median = {name: statistics.median(ts) for name, ts in wall.items()}
+    cpu_median = {name: statistics.median(ts) for name, ts in cpu.items()}
+    tf = median["tf"]
+    result = {
+        "benchmark": "sar_core.objectives",
+        "preset": args.preset,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "dtype": args.dtype,
+        "torch": torch.__version__,
+        "schedule": str(schedule),
+        "train_batch": batch_size,
+        "rounds": args.rounds,
+        "hybrid_scale": hybrid_scale,
+        "step_ms": {name: round(ms, 2) for name, ms in median.items()},
+        "ratio_to_tf": {name: round(ms / tf, 3) for name, ms in median.items()},
+        # on a shared CPU, process time ignores the slices other processes take; on GPU it is host time only
+        "cpu_step_ms": {name: round(ms, 2) for name, ms in cpu_median.items()},
+        "cpu_ratio_to_tf": {name: round(ms / cpu_median["tf"], 3) for name, ms in cpu_median.items()},
+        "targets": {"sar<=2.1x": median["sar"] / tf <= 2.1, "sar@0.5<=1.6x": median["sar@0.5"] / tf <= 1.6,
+                    "paper<=2.1x": median["paper"] / tf <= 2.1, "paper@0.5<=1.6x": median["paper@0.5"] / tf <= 1.6},
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+    }
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""One configuration for every training objective the paper discusses, so a sweep can compare them.
+
+`ObjectiveConfig` is a frozen stdlib dataclass of plain fields (the platform embeds it in its
+pydantic spec tree, which validates field types and Literal choices at the field's path and turns
+the ValueErrors of `__post_init__`, whose messages name the field, into errors at the config's
+path). Every field has a default; which fields a kind reads is `ObjectiveConfig.active_fields()`:
+
+    kind           tf | sar | sf_full | sf_alternate | sf_interleave | sf_hybrid
+    weighting      token | scale | dynamic   per-scale weights of every loss (all kinds)
+    dynamic_momentum                         EMA decay of the running per-scale loss (weighting=dynamic)
+    sampling       argmax | stochastic | cfg how self-generated tokens are drawn (sar, sf_*, diagnostics)
+    rollout        SamplingConfig            top_k/top_p/temperature (stochastic, cfg), cfg/cfg_ramp (cfg)
+    gamma, rollout_depth, csfl_target, csfl_scales, student_context, student_fraction    (sar)
+    hybrid_scale   scale SIZE from which sf_hybrid student-forces ("Hybrid @ 8")       (sf_hybrid)
+
+`OBJECTIVE_PRESETS` names the paper's equation-10 SAR and the released code's SAR.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
+
+from sar_core.sampling import SamplingConfig
+
+Kind = Literal["tf", "sar", "sf_full", "sf_alternate", "sf_interleave", "sf_hybrid"]
+Weighting = Literal["token", "scale", "dynamic"]
+SamplingStrategy = Literal["argmax", "stochastic", "cfg"]
+CsflTarget = Literal["teacher_soft", "teacher_hard", "ground_truth"]
+CsflScales = Literal["all", "last", "random_one"]
+StudentContext = Literal["full", "single_scale"]
+
+_SAR_FIELDS = ("gamma", "rollout_depth", "csfl_target", "csfl_scales", "student_context", "student_fraction")
+_ROLLOUT_FIELDS = {
+    "argmax": (),
+    "stochastic": ("rollout.top_k", "rollout.top_p", "rollout.temperature"),
+    "cfg": ("rollout.cfg", "rollout.cfg_ramp", "rollout.top_k", "rollout.top_p", "rollout.temperature"),
+}
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    kind: Kind = "tf"
+    weighting: Weighting = "token"
+    dynamic_momentum: float = 0.99
+    gamma: float = 1.0
+    sampling: SamplingStrategy = "argmax"
+    rollout: SamplingConfig = SamplingConfig()  # a partial dict fills the rest from SamplingConfig's defaults
+    rollout_depth: int = 1
+    csfl_target: CsflTarget = "teacher_soft"
+    csfl_scales: CsflScales = "all"
+    student_context: StudentContext = "full"
+    student_fraction: float = 1.0
+    hybrid_scale: int = 8
+
+    def __post_init__(self):
+        for name, choices in (("kind", Kind), ("weighting", Weighting), ("sampling", SamplingStrategy),
+                              ("csfl_target", CsflTarget), ("csfl_scales", CsflScales),
+                              ("student_context", StudentContext)):
+            if getattr(self, name) not in get_args(choices):
+                raise ValueError(f"{name} must be one of {', '.join(get_args(choices))}; got {getattr(self, name)!r}")
+        if isinstance(self.rollout, dict):  # plain-Python callers may pass the nested settings as a dict
+            object.__setattr__(self, "rollout", SamplingConfig(**self.rollout))
+        if not isinstance(self.rollout, SamplingConfig):
+            raise ValueError(f"rollout must be a SamplingConfig (or a dict of its fields); got {type(self.rollout).__name__}")
+        _check_int("rollout_depth", self.rollout_depth, 1)
+        _check_int("hybrid_scale", self.hybrid_scale, 1)
+        if not (math.isfinite(self.gamma) and self.gamma >= 0):
+            raise ValueError(f"gamma must be a finite number >= 0 (0 trains on L_TF alone); got {self.gamma}")
+        if not 0.0 < self.student_fraction <= 1.0:
+            raise ValueError(f"student_fraction must be in (0, 1]; got {self.student_fraction}")
+        if not 0.0 <= self.dynamic_momentum < 1.0:
+            raise ValueError(f"dynamic_momentum must be in [0, 1); got {self.dynamic_momentum}")
+        if self.student_context == "single_scale" and self.csfl_scales == "all":
+            raise ValueError("student_context='single_scale' trains one transition per step, so csfl_scales must be "
+                             "'last' or 'random_one'; got csfl_scales='all' (use student_context='full' for all scales)")
+        if self.sampling == "cfg" and self.rollout.cfg == 0:
+            raise ValueError("sampling='cfg' needs rollout.cfg > 0 (cfg 0 is unguided: use sampling='stochastic')")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "ObjectiveConfig":
+        """The preset's values with `overrides` on top (a `rollout` dict overrides key by key)."""
+        return cls(**merge_preset(name, overrides))
+
+    def active_fields(self) -> tuple[str, ...]:
+        """The fields this configuration's training step reads; the others do not change it.
+
+        Diagnostics and `student_forcing_trace` also read `sampling` and its rollout fields, for every kind.
+        """
+        out = ["kind", "weighting"] + (["dynamic_momentum"] if self.weighting == "dynamic" else [])
+        if self.kind == "tf":
+            return tuple(out)
+        out += ["sampling", *_ROLLOUT_FIELDS[self.sampling]]
+        if self.kind == "sar":
+            out += _SAR_FIELDS
+        if self.kind == "sf_hybrid":
+            out.append("hybrid_scale")
+        return tuple(out)
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r}")
+
+
+OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
+    # Equation 10: all scales 2..N in one parallel student pass with full context, each matched to the
+    # detached teacher distribution; Table 5's best sampling (top-k 900, top-p 0.95, CFG 2.5, which
+    # we put on the inference ramp: the first scale unguided). gamma is not given in the paper (ours: 1);
+    # the paper says SAR reweights scales dynamically without a formula (ours: see weighting.py).
+    "paper": dict(
+        kind="sar", weighting="dynamic", gamma=1.0, sampling="cfg",
+        rollout=dict(cfg=2.5, cfg_ramp="linear", top_k=900, top_p=0.95, temperature=1.0),
+        rollout_depth=1, csfl_target="teacher_soft", csfl_scales="all", student_context="full", student_fraction=1.0,
+    ),
+    # The released code: one transition (the last), the student sees only the class token and the
+    # up-sampled sampled scale N-1, hard cross-entropy to the teacher's sampled tokens, weight 0.01,
+    # CFG rollout sampling with cfg 1.2 on the half-linear ramp, top-k 900, top-p 0.96, 1/L weighting.
+    "released_code": dict(
+        kind="sar", weighting="token", gamma=0.01, sampling="cfg",
+        rollout=dict(cfg=1.2, cfg_ramp="half_linear", top_k=900, top_p=0.96, temperature=1.0),
+        rollout_depth=1, csfl_target="teacher_hard", csfl_scales="last", student_context="single_scale",
+        student_fraction=1.0,
+    ),
+}
+
+
+def merge_preset(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The field values of preset `name` with `overrides` on top, as plain values (nested `rollout`
+    dicts merge key by key). This is the expansion a spec's `preset:` key stands for."""
+    if name not in OBJECTIVE_PRESETS:
+        raise ValueError(f"unknown objective preset {name!r}; presets: {', '.join(OBJECTIVE_PRESETS)}")
+    values = copy.deepcopy(OBJECTIVE_PRESETS[name])
+    known = {f.name for f in fields(ObjectiveConfig)}
+    for key, value in (overrides or {}).items():
+        if key not in known:
+            raise ValueError(f"unknown objective field {key!r}; fields: {', '.join(sorted(known))}")
+        if key == "rollout" and isinstance(value, dict):
+            values["rollout"] = {**values.get("rollout", {}), **value}
+        else:
+            values[key] = value
+    return values
