@@ -89,8 +89,8 @@ class TokenShardsRef:
 
     def first_rows(self, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         columns = self.local().load()
-        return (torch.from_numpy(columns["label"][:n]).long().to(device),
-                torch.from_numpy(columns["tokens"][:n].astype(np.int64)).to(device))
+        return (torch.tensor(columns["label"][:n], dtype=torch.long, device=device),
+                torch.tensor(columns["tokens"][:n].astype(np.int64), device=device))
 
     def batches(self, job, rank: int, world: int, start_step: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(labels, tokens of every stored scale) per training step, flips drawn per sample."""

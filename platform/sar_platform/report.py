@@ -19,6 +19,11 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def final_metrics(metrics: dict) -> dict:
+    """The evaluation results in a run's last report (not its training curves)."""
+    return {k: v for k, v in metrics.items() if k in HEADLINE or k.startswith("fid_at/")}
+
+
 def headline_columns(rows: Sequence[dict], leading: Sequence[str]) -> list[str]:
     """The leading columns, then whichever of FID / IS / precision / recall the rows have."""
     return [*leading, *(m for m in HEADLINE if any(m in r for r in rows))]

@@ -1,7 +1,7 @@
 """Pipelines: named steps in order, each step's outputs feeding later `step:<name>` references."""
 from __future__ import annotations
 
-from sar_platform.report import comparison_table, headline_columns, log_table
+from sar_platform.report import comparison_table, final_metrics, headline_columns, log_table
 from sar_platform.spec.common import STEP_REF
 
 # Which output of a referenced step a field takes.
@@ -40,7 +40,7 @@ def run(job, session, parent, run_name: str) -> dict:
 
     result = {"kind": "pipeline", "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:
-        rows = [{"step": name, **outputs[name].get("metrics", {})} for name in job.compare]
+        rows = [{"step": name, **final_metrics(outputs[name].get("metrics", {}))} for name in job.compare]
         columns = headline_columns(rows, ["step"])
         print(f"\n[sar] comparison:\n{comparison_table(rows, columns)}\n", flush=True)
         log_table(handle, rows, columns, "comparison")

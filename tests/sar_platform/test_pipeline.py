@@ -1,0 +1,130 @@
+"""A pipeline end to end on real Ray and MLflow: tokenizer -> TF pretraining (2 DDP workers, random
+schedules) -> {TF-continue, SAR} from the same checkpoint -> comparison. One MLflow run per job,
+nested under the pipeline's run, with the spec, metrics, figures and checkpoint location."""
+import pytest
+
+from sar_core.checkpoint import load_model
+from sar_platform.runner import run_job
+from sar_platform.spec import load_job
+from tests.sar_platform.conftest import EVAL, GENERATOR_MODEL, experiment_runs, spec
+
+pytestmark = pytest.mark.ray
+
+TOKENIZER = ("{image_size: 28, in_channels: 1, base_channels: 16, channel_mult: [1, 2, 2], num_res_blocks: 1, "
+             "z_channels: 32, codebook_size: 64, codebook_dim: 8, norm_groups: 8, attention: false}")
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, ray_local, mlflow_uri):
+    tmp = tmp_path_factory.mktemp("pipeline")
+    path = spec(tmp, f"""
+        kind: pipeline
+        name: mini
+        storage: {{path: {tmp}/ws}}
+        mlflow: {{tracking_uri: "{mlflow_uri}", experiment: pipeline-test}}
+        steps:
+          tokenizer:
+            kind: tokenizer
+            model: {TOKENIZER}
+            data: {{limit: 512}}
+            optim: {{lr: 0.002, weight_decay: 0.0, batch_size: 16, steps: 6}}
+            checkpoint: {{every_steps: 6}}
+            log: {{every_steps: 3}}
+            eval_images: 64
+          pretrain:
+            kind: train
+            tokenizer: step:tokenizer
+            model: {GENERATOR_MODEL}
+            schedule: {{scales: [1, 2, 3, 5, 7], random: true}}
+            data: {{limit: 512}}
+            optim: {{lr: 0.001, batch_size: 16, steps: 6}}
+            resources: {{num_workers: 2}}
+            checkpoint: {{every_steps: 3}}
+            log: {{every_steps: 2}}
+            eval: {EVAL}
+          tf:
+            kind: train
+            tokenizer: step:tokenizer
+            init_from: step:pretrain
+            schedule: {{scales: [1, 2, 3, 5, 7]}}
+            data: {{limit: 512}}
+            optim: {{lr: 0.001, batch_size: 16, steps: 4}}
+            checkpoint: {{every_steps: 4}}
+            log: {{every_steps: 2, diagnostics_every: 2}}
+            eval: {EVAL}
+          sar:
+            kind: train
+            tokenizer: step:tokenizer
+            init_from: step:pretrain
+            schedule: {{scales: [1, 2, 3, 5, 7]}}
+            objective: {{preset: paper, sampling: stochastic}}
+            data: {{limit: 512}}
+            optim: {{lr: 0.001, batch_size: 16, steps: 4}}
+            checkpoint: {{every_steps: 4}}
+            log: {{every_steps: 2, diagnostics_every: 2}}
+            eval: {EVAL}
+        compare: [pretrain, tf, sar]
+    """)
+    outputs = run_job(load_job(path), spec_path=path)
+    runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "pipeline-test")}
+    return outputs, runs, mlflow_uri
+
+
+def test_every_step_ran_and_the_comparison_has_the_four_metrics(pipeline):
+    outputs, _, _ = pipeline
+    rows = {r["step"]: r for r in outputs["comparison"]}
+    assert list(rows) == ["pretrain", "tf", "sar"]
+    for row in rows.values():
+        assert {"fid", "is", "precision", "recall"} <= set(row)
+        assert row["fid"] > 0 and row["is"] >= 1 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_post_training_starts_from_the_pretrained_checkpoint(pipeline):
+    outputs, _, _ = pipeline
+    steps = outputs["steps"]
+    pretrained = load_model(steps["pretrain"]["generator"], kind="generator")
+    tf, sar = (load_model(steps[s]["generator"], kind="generator") for s in ("tf", "sar"))
+    assert tf.config == sar.config == pretrained.config
+    # both continued from the same weights and moved away from them, differently
+    w = "blocks.0.attn.qkv.weight"
+    assert not tf.state_dict()[w].equal(pretrained.state_dict()[w])
+    assert not tf.state_dict()[w].equal(sar.state_dict()[w])
+    assert steps["pretrain"]["generator"].endswith("checkpoint_00000006/generator.safetensors")
+
+
+def test_one_mlflow_run_per_job_nested_under_the_pipeline(pipeline):
+    _, runs, _ = pipeline
+    assert set(runs) == {"mini", "mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar"}
+    parent = runs["mini"].info.run_id
+    for name in ("mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar"):
+        assert runs[name].data.tags["mlflow.parentRunId"] == parent
+        assert runs[name].info.status == "FINISHED"
+
+
+def test_a_train_run_carries_params_curves_metrics_tags_and_artifacts(pipeline):
+    _, runs, uri = pipeline
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    sar = runs["mini.sar"]
+    params, metrics, tags = sar.data.params, sar.data.metrics, sar.data.tags
+    assert params["objective.kind"] == "sar" and params["objective.csfl_target"] == "teacher_soft"
+    assert params["optim.lr"] == "0.001" and params["schedule.scales"] == "(1, 2, 3, 5, 7)"
+    assert {"loss/total", "loss/tf", "loss/csf", "lr", "steps_per_s", "fid", "is", "precision", "recall"} <= set(metrics)
+    assert {"diag/gap/sf", "diag/tf/loss/s07", "diag/sf/loss/s07", "diag/kl/s07"} <= set(metrics)
+    assert [m.step for m in client.get_metric_history(sar.info.run_id, "loss/total")] == [2, 4]
+    assert tags["sar.spec_name"] == "sar" and tags["sar.git_commit"] and tags["sar.checkpoint"].endswith("checkpoint_00000004")
+    artifacts = {a.path for a in client.list_artifacts(sar.info.run_id)} | {
+        a.path for a in client.list_artifacts(sar.info.run_id, "figures/step_0000004")}
+    assert "spec.yaml" in artifacts
+    assert {f"figures/step_0000004/{f}" for f in ("samples_grid.png", "trajectory.png", "student_forcing.png")} <= artifacts
+    parent_artifacts = {a.path for a in client.list_artifacts(runs["mini"].info.run_id)}
+    assert {"comparison.md", "comparison.csv"} <= parent_artifacts
+
+
+def test_only_rank_0_logs_and_metrics_are_averaged_over_workers(pipeline):
+    _, runs, uri = pipeline
+    from mlflow.tracking import MlflowClient
+
+    history = MlflowClient(uri).get_metric_history(runs["mini.pretrain"].info.run_id, "loss/total")
+    assert [m.step for m in history] == [2, 4, 6]  # one value per report, not one per worker

@@ -1,0 +1,141 @@
+"""Running jobs for real: sweeps with ASHA under one MLflow parent, resuming a killed run, and bad
+input refused before Ray or MLflow do anything."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sar_platform.runner import run_job
+from sar_platform.spec import load_job
+from tests.sar_platform.conftest import EVAL, GENERATOR_MODEL, experiment_runs, spec
+
+pytestmark = pytest.mark.ray
+SAR = [sys.executable, "-m", "sar_platform.cli"]
+
+
+def train_body(tokenizer_path, steps: int, *extra: str) -> str:
+    """The fields of a tiny train job, as unindented YAML lines."""
+    return "\n".join([
+        f"tokenizer: {tokenizer_path}",
+        f"model: {GENERATOR_MODEL}",
+        "schedule: {scales: [1, 2, 3, 5, 7]}",
+        "data: {limit: 256}",
+        f"optim: {{lr: 0.001, batch_size: 16, steps: {steps}}}",
+        *extra,
+    ]) + "\n"
+
+
+def test_a_sweep_gives_one_child_run_per_trial_and_asha_stops_the_bad_one(tmp_path, ray_local, mlflow_uri, tokenizer_path):
+    # gamma=5 inflates loss/total at the first rung, so ASHA stops that trial; the third trial (a
+    # repeat of the first) can only start if the stopped trial released its worker.
+    body = train_body(tokenizer_path, 6, "objective: {kind: sar}", "checkpoint: {every_steps: 6}",
+                      "log: {every_steps: 2}", f"eval: {EVAL}")
+    path = spec(tmp_path, f"""
+kind: sweep
+name: asha
+storage: {{path: {tmp_path}/ws}}
+mlflow: {{tracking_uri: "{mlflow_uri}", experiment: sweep-test}}
+train:
+{textwrap.indent(body, "  ")}space:
+  objective.gamma: {{grid: [0.0, 5.0, 0.0]}}
+metric: fid
+scheduler: {{metric: loss/total, mode: min, grace_period: 1, reduction_factor: 2}}
+max_concurrent_trials: 1
+""")
+    outputs = run_job(load_job(path), spec_path=path)
+    trials = outputs["trials"]
+    assert [t["objective.gamma"] for t in trials] == [0.0, 5.0, 0.0]
+    assert trials[1]["status"].startswith("stopped") and "fid" not in trials[1]
+    finished = [t for t in trials if t["status"] == "finished"]
+    assert len(finished) == 2 and all({"fid", "is", "precision", "recall"} <= set(t) for t in finished)
+    assert finished[0]["fid"] == pytest.approx(finished[1]["fid"])  # identical trials, identical results
+
+    runs = experiment_runs(mlflow_uri, "sweep-test")
+    parent = next(r for r in runs if r.info.run_name == "asha")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3 and len(runs) == 4
+    by_gamma = {float(c.data.params["objective.gamma"]): c for c in children if c.info.status == "KILLED"}
+    assert list(by_gamma) == [5.0]
+    assert sum("fid" in c.data.metrics for c in children) == 2
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_uri)
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)} | {
+        a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert {"trials.md", "trials.csv", "figures/fid_vs_params.png"} <= artifacts
+    assert "best_fid" in parent.data.metrics
+
+
+def wait_for(path: Path, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended early: {proc.stdout.read() if proc.stdout else ''}"
+        assert time.monotonic() < deadline, f"{path} did not appear within {timeout}s"
+        time.sleep(0.5)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_in_the_same_mlflow_run(tmp_path, mlflow_uri, tokenizer_path):
+    path = spec(tmp_path, f"""
+kind: train
+name: resumable
+storage: {{path: {tmp_path}/ws}}
+mlflow: {{tracking_uri: "{mlflow_uri}", experiment: resume-test}}
+{train_body(tokenizer_path, 40, "checkpoint: {every_steps: 4}", "log: {every_steps: 2}", "eval: {at_end: false}")}""")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    first = subprocess.Popen([*SAR, "run", str(path), "--num-cpus", "2"], cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = tmp_path / "ws" / "runs" / "resumable"
+    try:
+        wait_for(run_dir / "checkpoint_00000008", 300, first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started, mid-training
+        first.wait()
+    assert not (run_dir / "outputs.json").exists()
+
+    again = subprocess.run([*SAR, "run", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert again.returncode == 2 and "sar run --resume" in again.stderr  # nothing already produced is touched
+
+    resumed = subprocess.run([*SAR, "run", str(path), "--resume", "--num-cpus", "2"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    log = resumed.stdout + resumed.stderr
+    start = int(log.split("resuming from step ")[1].split()[0])
+    assert start >= 8 and start % 4 == 0
+    assert (run_dir / "outputs.json").exists() and (run_dir / "checkpoint_00000040").exists()
+
+    runs = experiment_runs(mlflow_uri, "resume-test")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # the same run continued, no duplicate
+    from mlflow.tracking import MlflowClient
+
+    steps = {m.step for m in MlflowClient(mlflow_uri).get_metric_history(runs[0].info.run_id, "loss/total")}
+    assert {2, 4, 6, 8, 40} <= steps
+
+
+def test_bad_specs_and_inputs_fail_fast_naming_the_field_and_create_no_run(tmp_path, mlflow_uri, tokenizer_path):
+    base = f"""
+kind: train
+name: bad
+storage: {{path: {tmp_path}/ws}}
+mlflow: {{tracking_uri: "{mlflow_uri}", experiment: bad-test}}
+"""
+    cases = {
+        "typo.yaml": (base + train_body(tokenizer_path, 4, "objective: {kind: sar, samplng: cfg}"),
+                      "objective.samplng: unknown field"),
+        "missing.yaml": (base + train_body(tmp_path / "nope.safetensors", 4), "tokenizer: checkpoint"),
+        "schedule.yaml": (base + train_body(tokenizer_path, 4).replace("[1, 2, 3, 5, 7]", "[1, 2, 4]"),
+                          "schedule.scales: ends at 4 but the tokenizer's latent is 7x7"),
+    }
+    for name, (text, expected) in cases.items():
+        started = time.monotonic()
+        out = subprocess.run([*SAR, "run", str(spec(tmp_path, text, name))], cwd=tmp_path, capture_output=True, text=True)
+        assert out.returncode == 2, (name, out.stderr)
+        assert expected in out.stderr, (name, out.stderr)
+        assert time.monotonic() - started < 60  # before Ray or any training starts
+    assert experiment_runs(mlflow_uri, "bad-test") == []
+    assert not (tmp_path / "ws" / "runs").exists()
