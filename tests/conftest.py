@@ -14,9 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Ray 2.60 turns on token auth for clusters it starts; the tests only talk to their own loopback
 # clusters, so they switch it off rather than juggle token files.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# One data cache for the whole session (the Fashion-MNIST classifier, real reference features):
+# One data cache for the whole session (the Fashion-MNIST classifier, real reference features), the
+# folder the evaluation tests train the classifier into (pytest cache key "sar-data-cache"):
 # kept between local runs, fresh in CI. Set before anything reads it, Ray workers included.
-os.environ.setdefault("SAR_DATA_CACHE", str(REPO / ".pytest_cache" / "sar-data-cache"))
+os.environ.setdefault("SAR_DATA_CACHE", str(REPO / ".pytest_cache" / "d" / "sar-data-cache"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 TINY_TOKENIZER = TokenizerConfig(
@@ -58,3 +59,17 @@ def fmnist_small():
     from sar_core.data.fashion_mnist import load_tensors
 
     return load_tensors("train", limit=2048), load_tensors("test", limit=512)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """The embedded cluster `sar run` would start (2 CPUs, loopback, the repository as working_dir),
+    started once for the whole session: Ray allows one per process."""
+    import ray
+
+    from sar_platform.ray_env import repository_runtime_env
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
+             runtime_env=repository_runtime_env(REPO), configure_logging=False)
+    yield
+    ray.shutdown()

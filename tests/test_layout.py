@@ -43,26 +43,19 @@ def test_importing_sar_core_pulls_in_no_ray_mlflow_or_boto3():
 
 
 @pytest.mark.ray
-def test_inside_a_ray_worker_with_the_repository_as_working_dir_platform_is_the_standard_library():
+def test_inside_a_ray_worker_with_the_repository_as_working_dir_platform_is_the_standard_library(ray_local):
     import ray
 
-    from sar_platform.ray_env import repository_runtime_env
+    @ray.remote
+    def probe():
+        import os
+        import platform
 
-    ray.init(num_cpus=1, include_dashboard=False, runtime_env=repository_runtime_env(REPO),
-             configure_logging=False, log_to_driver=False)
-    try:
-        @ray.remote
-        def probe():
-            import os
-            import platform
+        import sar_platform
 
-            import sar_platform
+        return platform.__file__, platform.system(), os.getcwd(), sar_platform.__name__
 
-            return platform.__file__, platform.system(), os.getcwd(), sar_platform.__name__
-
-        file, system, cwd, name = ray.get(probe.remote())
-    finally:
-        ray.shutdown()
+    file, system, cwd, name = ray.get(probe.remote())
     assert Path(file).resolve().parent == STDLIB and system == "Linux"
     assert (Path(cwd) / "platform" / "sar_platform").is_dir()  # the worker really runs in the uploaded repo
     assert name == "sar_platform"

@@ -135,16 +135,16 @@ def shard_folder_name(data, fingerprint_: str) -> str:
 
 def ensure_token_shards(job, session) -> TokenShardsRef:
     """The job's token shards: found in the workspace, or encoded now by a Ray task."""
-    import ray
+    from sar_platform.ray_env import run_task
 
     workspace = session.workspace
     tokenizer = load_model(workspace.local_copy(job.tokenizer), kind="tokenizer")
     fp = fingerprint(tokenizer)
     folder = workspace.path("shards", shard_folder_name(job.data, fp))
     if not workspace.exists(workspace.path("shards", shard_folder_name(job.data, fp), "_manifest.json")):
-        resources = {"num_cpus": job.resources.cpus_per_worker, "num_gpus": 1 if job.resources.use_gpu else 0}
         print(f"[sar] tokenizing {job.data.dataset} into {folder}", flush=True)
-        ray.get(ray.remote(**resources)(encode_task).remote(job, folder, workspace))
+        run_task(encode_task, job, folder, workspace, num_cpus=job.resources.cpus_per_worker,
+                 num_gpus=1 if job.resources.use_gpu else 0)
     shards = TokenShards(workspace.local_folder(folder) if not workspace.is_local else folder).check_tokenizer(fp)
     return TokenShardsRef(folder, shards.scales, shards.num_rows, shards.meta.flip, fp, workspace.s3_endpoint)
 

@@ -48,11 +48,11 @@ def prepare_eval_assets(job, image_size: int) -> str:
 
 
 def ensure_eval_assets(job, session) -> None:
-    import ray
+    from sar_platform.ray_env import run_task
 
     _, tokenizer_config, _ = read_header(session.workspace.local_copy(job.tokenizer))
-    task = ray.remote(num_cpus=job.resources.cpus_per_worker)(prepare_eval_assets)
-    print(f"[sar] evaluation assets: {ray.get(task.remote(job, tokenizer_config.image_size))}", flush=True)
+    described = run_task(prepare_eval_assets, job, tokenizer_config.image_size, num_cpus=job.resources.cpus_per_worker)
+    print(f"[sar] evaluation assets: {described}", flush=True)
 
 
 def evaluate_generator(model, tokenizer, job, schedule: ScaleSchedule, out_dir: Path, trace_batch: TokenBatch | None = None):

@@ -23,14 +23,14 @@ def shard_dataset(
     expected_fingerprint: str | None = None,
     override_num_blocks: int | None = None,
 ) -> ray.data.Dataset:
-    """A lazy, streaming Dataset of the shard set's rows: label, tokens[, tokens_flip] (no index)."""
+    """A lazy, streaming Dataset of the shard set's rows: index, label, tokens[, tokens_flip].
+
+    Row order is not preserved across blocks (Ray Data's default); `index` names each row's place
+    in the source data set."""
     shards = TokenShards(folder).verify()
     if expected_fingerprint is not None:
         shards.check_tokenizer(expected_fingerprint)
-    columns = [c for c in shards.meta.columns if c != "index"]
-    return ray.data.read_parquet(
-        [str(p) for p in shards.files], columns=columns, override_num_blocks=override_num_blocks
-    )
+    return ray.data.read_parquet([str(p) for p in shards.files], override_num_blocks=override_num_blocks)
 
 
 def worker_batch(

@@ -30,3 +30,17 @@ def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, s
         "excludes": WORKING_DIR_EXCLUDES,
         "env_vars": env,
     }
+
+
+def run_task(fn, *args, num_cpus: float = 1, num_gpus: float = 0):
+    """Run `fn(*args)` as a Ray task and wait for it, scheduled on the cluster at large.
+
+    Inside a Tune trial the caller runs in the trial's placement group, which would capture the task
+    and could never fit it (a trial reserves almost nothing: its TorchTrainer asks for the workers);
+    `placement_group=None` opts the task out of that capture."""
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    remote = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(fn).options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    return ray.get(remote.remote(*args))

@@ -1,20 +1,27 @@
-"""Fashion-MNIST from its four IDX .gz files.
+"""Fashion-MNIST from its four IDX .gz files: the embedded default data set.
 
-Where the files are looked for, in order: the `root` given; the project's data cache
-($SAR_DATA_CACHE, default ~/.cache/sar-platform/data)/fashion-mnist; the Debian package's folder
-/usr/share/datasets/fashion-mnist (package `dataset-fashion-mnist`); and, only when `download=True`,
-the official mirror, into the cache.
+Where the files are looked for, in order:
+1. the `root` given (FashionMNISTConfig.root / the spec's data.root): a folder with the four files;
+2. the project's data cache: $SAR_DATA_CACHE/fashion-mnist (default ~/.cache/sar-platform/data);
+3. the Debian/Ubuntu package's folder /usr/share/datasets/fashion-mnist (`dataset-fashion-mnist`);
+4. only when `download=True` (and online): the official mirrors, into the data cache.
+A miss raises `DataNotFoundError` saying exactly how to get the files.
 
-Images come out as float tensors in [-1, 1] of shape (N, 1, size, size): the 28x28 originals
-zero-padded (in [-1, 1] terms: background -1) when `size` > 28 and `resize_mode="pad"`, or
-bilinearly resized when `resize_mode="resize"`.
+The model-input transform (documented, invertible): the 28x28 uint8 originals become float
+tensors in [-1, 1] of shape (N, 1, size, size), where `size` is the tokenizer's image size:
+- resize_mode="pad" (default): zero-pad evenly (background -1 in [-1, 1] terms); `from_model_input`
+  crops the centre back out exactly;
+- resize_mode="resize": bilinear resize (align_corners=False); the inverse is an antialiased
+  bilinear resize back to 28x28.
 """
 from __future__ import annotations
 
 import gzip
 import os
 import struct
+import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -26,9 +33,25 @@ FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+SPLIT_SIZES = {"train": 60000, "test": 10000}
+SIDE = 28
 DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
-MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# The official locations named in the zalandoresearch/fashion-mnist README, tried in order.
+MIRRORS = (
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+)
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+ResizeMode = Literal["pad", "resize"]
+
+HOW_TO_GET = (
+    "Get Fashion-MNIST with one of:\n"
+    "  sudo apt-get install dataset-fashion-mnist   # Debian/Ubuntu: files land in /usr/share/datasets/fashion-mnist\n"
+    "  sar data --download                          # from the official mirror into the data cache (needs internet)\n"
+    "  set data.download: true in the job spec      # the same, on first use\n"
+    "or put the four files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,\n"
+    "t10k-labels-idx1-ubyte.gz) in a folder and point data.root (or $SAR_DATA_CACHE/fashion-mnist) at it."
+)
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -36,44 +59,53 @@ class DataNotFoundError(FileNotFoundError):
 
 
 def data_cache() -> Path:
+    """The project's data cache: $SAR_DATA_CACHE, default ~/.cache/sar-platform/data."""
     return Path(os.environ.get("SAR_DATA_CACHE", Path.home() / ".cache" / "sar-platform" / "data"))
 
 
-def _complete(folder: Path) -> bool:
-    return all((folder / f).is_file() for pair in FILES.values() for f in pair)
+def _missing(folder: Path) -> list[str]:
+    return [f for pair in FILES.values() for f in pair if not (folder / f).is_file()]
 
 
 def find_root(root: str | Path | None = None, download: bool = False) -> Path:
+    """The folder holding the four files (see the module docstring for the search order)."""
     if root is not None:
         root = Path(root).expanduser()
-        if _complete(root):
+        missing = _missing(root)
+        if not missing:
             return root
-        missing = [f for pair in FILES.values() for f in pair if not (root / f).is_file()]
-        raise DataNotFoundError(f"Fashion-MNIST root {root} lacks {missing}")
+        if download:
+            return _download(root)
+        raise DataNotFoundError(f"Fashion-MNIST root {root} lacks {missing}.\n{HOW_TO_GET}")
     candidates = [data_cache() / "fashion-mnist", DEBIAN_ROOT]
     for folder in candidates:
-        if _complete(folder):
+        if not _missing(folder):
             return folder
     if download:
-        return _download(data_cache() / "fashion-mnist")
-    raise DataNotFoundError(
-        "Fashion-MNIST not found (looked in " + ", ".join(map(str, candidates)) + "). Get it with one of:\n"
-        "  sudo apt-get install dataset-fashion-mnist      # Debian/Ubuntu, files in /usr/share/datasets/fashion-mnist\n"
-        "  sar data fashion-mnist --download               # from the official mirror into the data cache\n"
-        "or point the spec's data.root (or SAR_DATA_CACHE) at a folder holding the four .gz files"
-    )
+        return _download(candidates[0])
+    raise DataNotFoundError(f"Fashion-MNIST not found (looked in {', '.join(map(str, candidates))}).\n{HOW_TO_GET}")
 
 
 def _download(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for pair in FILES.values():
-        for name in pair:
-            target = folder / name
-            if not target.is_file():
-                tmp = target.with_suffix(".part")
-                urllib.request.urlretrieve(MIRROR + name, tmp)
+    for name in _missing(folder):
+        target, errors = folder / name, []
+        for mirror in MIRRORS:
+            tmp = target.with_suffix(".part")
+            try:
+                urllib.request.urlretrieve(mirror + name, tmp)
+                _read_idx(tmp, _MAGIC[name])  # a truncated or foreign file must not get the real name
                 tmp.replace(target)
+                break
+            except (urllib.error.URLError, OSError, ValueError) as e:
+                errors.append(f"{mirror}{name}: {e}")
+                tmp.unlink(missing_ok=True)
+        else:
+            raise DataNotFoundError(f"could not download {name}:\n  " + "\n  ".join(errors) + f"\n{HOW_TO_GET}")
     return folder
+
+
+_MAGIC = {name: (0x00000803 if "images" in name else 0x00000801) for pair in FILES.values() for name in pair}
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -95,14 +127,14 @@ def load_arrays(split: Literal["train", "test"], root: str | Path | None = None,
     if split not in FILES:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     folder = find_root(root, download)
-    images = _read_idx(folder / FILES[split][0], 0x00000803)
-    labels = _read_idx(folder / FILES[split][1], 0x00000801).astype(np.int64)
+    images = _read_idx(folder / FILES[split][0], _MAGIC[FILES[split][0]])
+    labels = _read_idx(folder / FILES[split][1], _MAGIC[FILES[split][1]]).astype(np.int64)
     if len(images) != len(labels):
         raise ValueError(f"{folder}: {len(images)} images but {len(labels)} labels in the {split} split")
     return images, labels
 
 
-def to_model_input(images_u8: np.ndarray | torch.Tensor, size: int = 28, resize_mode: str = "pad") -> torch.Tensor:
+def to_model_input(images_u8: np.ndarray | torch.Tensor, size: int = SIDE, resize_mode: str = "pad") -> torch.Tensor:
     """uint8 (N, 28, 28) -> float (N, 1, size, size) in [-1, 1]."""
     x = torch.as_tensor(np.asarray(images_u8)).float().div(127.5).sub(1.0).unsqueeze(1)
     h = x.shape[-1]
@@ -118,9 +150,68 @@ def to_model_input(images_u8: np.ndarray | torch.Tensor, size: int = 28, resize_
     raise ValueError(f"resize_mode must be 'pad' or 'resize', got {resize_mode!r}")
 
 
-def load_tensors(split="train", root=None, size: int = 28, resize_mode: str = "pad", limit: int | None = None, download=False):
+def from_model_input(images_BCHW: torch.Tensor, resize_mode: str = "pad") -> torch.Tensor:
+    """The inverse view: model-sized images (N, 1, size, size) -> (N, 1, 28, 28), as the
+    Fashion-MNIST classifier sees them. Exact for "pad" (centre crop); for "resize" an antialiased
+    bilinear resize, applied alike to generated and real images."""
+    size = images_BCHW.shape[-1]
+    if size == SIDE:
+        return images_BCHW
+    if resize_mode == "pad":
+        if size < SIDE:
+            raise ValueError(f"{size}x{size} images cannot hold padded 28x28 originals")
+        lo = (size - SIDE) // 2
+        return images_BCHW[..., lo : lo + SIDE, lo : lo + SIDE]
+    if resize_mode == "resize":
+        return F.interpolate(images_BCHW.float(), size=(SIDE, SIDE), mode="bilinear", align_corners=False, antialias=True)
+    raise ValueError(f"resize_mode must be 'pad' or 'resize', got {resize_mode!r}")
+
+
+def load_tensors(split="train", root=None, size: int = SIDE, resize_mode: str = "pad", limit: int | None = None, download=False):
     """(images (N, 1, size, size) in [-1, 1], labels (N,)), the first `limit` examples if given."""
     images, labels = load_arrays(split, root, download)
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     return to_model_input(images, size, resize_mode), torch.from_numpy(labels.copy())
+
+
+@dataclass(frozen=True)
+class FashionMNISTConfig:
+    """Where Fashion-MNIST comes from and how its images are fitted to the tokenizer's input size.
+
+    root: a folder with the four .gz files; None searches the data cache, then the Debian folder.
+    resize_mode: "pad" (centre the 28x28 image, background -1) or "resize" (bilinear).
+    download: fetch from the official mirrors into the data cache when the files are found nowhere.
+    """
+
+    # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    root: str | None = None
+    resize_mode: ResizeMode = "pad"
+    download: bool = False
+
+    name = "fashion_mnist"
+    num_classes = len(CLASSES)
+    class_names = CLASSES
+
+    def __post_init__(self):
+        if self.resize_mode not in ("pad", "resize"):
+            raise ValueError(f"resize_mode must be 'pad' or 'resize', got {self.resize_mode!r}")
+
+    def find_root(self) -> Path:
+        return find_root(self.root, self.download)
+
+    def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        return load_arrays(split, self.root, self.download)
+
+    def load(self, split: str, size: int = SIDE, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images (N, 1, size, size) in [-1, 1], labels (N,)) for a model of input size `size`."""
+        return load_tensors(split, self.root, size, self.resize_mode, limit, self.download)
+
+    def to_model_input(self, images_u8: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+        return to_model_input(images_u8, size, self.resize_mode)
+
+    def to_feature_input(self, images_BCHW: torch.Tensor) -> torch.Tensor:
+        """Model-sized images -> the 28x28 view the Fashion-MNIST classifier was trained on."""
+        return from_model_input(images_BCHW, self.resize_mode)

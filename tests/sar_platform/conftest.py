@@ -1,5 +1,5 @@
-"""Real components for platform tests: one local Ray (2 CPUs, loopback), one MLflow tracking server
-subprocess on a free loopback port, a small tokenizer trained on real Fashion-MNIST."""
+"""Real components for platform tests: one MLflow tracking server subprocess on a free loopback port,
+a small tokenizer trained on real Fashion-MNIST (the local Ray, `ray_local`, is in tests/conftest.py)."""
 from __future__ import annotations
 
 import textwrap
@@ -21,19 +21,6 @@ def mlflow_uri(tmp_path_factory):
     assert info.uri.startswith("http://127.0.0.1:")
     yield info.uri
     stop_server(root)
-
-
-@pytest.fixture(scope="session")
-def ray_local():
-    """The embedded cluster `sar run` would start, started once for the whole session."""
-    import ray
-
-    from sar_platform.ray_env import repository_runtime_env
-
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             runtime_env=repository_runtime_env(REPO), configure_logging=False)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

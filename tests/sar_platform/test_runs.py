@@ -92,7 +92,8 @@ mlflow: {{tracking_uri: "{mlflow_uri}", experiment: resume-test}}
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     run_dir = tmp_path / "ws" / "runs" / "resumable"
     try:
-        wait_for(run_dir / "checkpoint_00000008", 300, first)
+        # Kill once checkpoint 12 is being written: checkpoint 8 is then surely registered.
+        wait_for(run_dir / "checkpoint_00000012", 300, first)
     finally:
         os.killpg(first.pid, signal.SIGKILL)  # the driver and everything it started, mid-training
         first.wait()

@@ -113,6 +113,12 @@ def test_sweeps_refuse_unknown_paths_and_invalid_candidates_before_running(tmp_p
     assert "space.objective.sampling: value 'greedy' is not valid" in problem
 
 
+def test_a_sweep_over_an_objective_field_its_kind_never_reads_is_refused(tmp_path):
+    """Identical trials under different labels would be a setting that silently does nothing."""
+    (problem,) = errors(tmp_path, SWEEP.replace("objective: {kind: sar}", "objective: {kind: tf}"))
+    assert "space.objective.gamma: objective kind 'tf'" in problem and "does not read 'gamma'" in problem
+
+
 def test_pipeline_references_must_name_earlier_steps(tmp_path):
     text = """\
     kind: pipeline

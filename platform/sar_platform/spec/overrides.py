@@ -43,6 +43,18 @@ def trial_job(sweep, overrides: dict[str, Any], name: str | None = None):
     return TrainJob.model_validate(data)
 
 
+def check_objective_field_read(path: str, objective) -> None:
+    """A swept objective field the objective never reads would give identical trials."""
+    if not path.startswith("objective."):
+        return
+    field = path[len("objective."):]
+    active = objective.active_fields()
+    if not any(a == field or a.startswith(field + ".") for a in active):
+        raise ValueError(f"space.{path}: objective kind {objective.kind!r} with sampling {objective.sampling!r} does not read "
+                         f"{field!r} (it reads {', '.join(active)}); set train.objective so that {field} matters "
+                         "(e.g. kind: sar, or sampling: stochastic for rollout.top_p)")
+
+
 def check_sweep(sweep) -> None:
     """Every searched path names a field of the train spec and every candidate value validates."""
     from sar_platform.spec.jobs import TrainJob
@@ -52,9 +64,10 @@ def check_sweep(sweep) -> None:
             raise ValueError(f"space.{path}: the train spec has no field {path!r}")
         for value in domain.candidates():
             try:
-                trial_job(sweep, {path: value})
+                trial = trial_job(sweep, {path: value})
             except ValidationError as e:
                 first = e.errors(include_url=False)[0]
                 raise ValueError(f"space.{path}: value {value!r} is not valid: {first['msg']}") from None
+            check_objective_field_read(path, trial.objective)
     if sweep.seeds is not None and "seed" in sweep.space:
         raise ValueError("give seeds either as `seeds` or in `space.seed`, not both")

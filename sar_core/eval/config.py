@@ -1,0 +1,112 @@
+"""Evaluation settings as frozen stdlib dataclasses (the platform embeds them in its YAML specs).
+
+Every field has a default; an invalid value raises ValueError naming the field and what is allowed
+(pydantic reports it at that field).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FeatureNetworkName = Literal["fmnist_classifier", "inception"]
+
+
+def _require(ok: bool, field: str, allowed: str, value) -> None:
+    if not ok:
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class MetricConfig:
+    """What to generate and how to score it.
+
+    num_samples: generated images, class-balanced (the paper: 50,000 = 50 per ImageNet class).
+    batch_size: images per generation / feature batch (per data-parallel rank).
+    feature_network: "fmnist_classifier" (the project's Fashion-MNIST CNN) or "inception" (TF-FID
+        Inception-v3; needs inception_weights).
+    inception_weights: path, file:// URI or http(s):// URL of pt_inception-2015-12-05-6726825d.pth.
+    allow_download: an http(s) inception_weights URL may be fetched into the data cache.
+    reference: the real set: a split of the data set ("train", "test", "val", ...) or the path of a
+        reference batch .npz (ADM format: arr_0 uint8 NHWC images, optional mu / sigma).
+    num_reference: real images used from a split (0: as many as num_samples; FID is biased at small
+        N, so compare at equal N). Ignored for an .npz, which is used whole.
+    pr_k: the k of the k-NN radii of precision / recall (3 in the ADM evaluator).
+    is_splits: Inception Score splits (10 in the ADM evaluator).
+    block_size: rows / columns per block of the k-NN distances (working memory ~13 bytes x block^2:
+        ~330 MB at 5,000; results do not depend on it).
+    fid_at_scales: also score the generation stopped at these scale sizes (the paper's "FID @ 4");
+        each must be a scale of the evaluated schedule.
+    seed: seeds the generation (per global batch) and the choice of real reference images.
+    save_npz: also write the samples as the ADM evaluator's NHWC uint8 `samples.npz`.
+    """
+
+    # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    num_samples: int = 10000
+    batch_size: int = 250
+    feature_network: FeatureNetworkName = "fmnist_classifier"
+    inception_weights: str = ""
+    allow_download: bool = False
+    reference: str = "train"
+    num_reference: int = 0
+    pr_k: int = 3
+    is_splits: int = 10
+    block_size: int = 5000
+    fid_at_scales: tuple[int, ...] = ()
+    seed: int = 0
+    save_npz: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "fid_at_scales", tuple(self.fid_at_scales))
+        _require(self.num_samples >= 2, "num_samples", "an integer >= 2", self.num_samples)
+        _require(self.batch_size >= 1, "batch_size", "an integer >= 1", self.batch_size)
+        _require(self.feature_network in ("fmnist_classifier", "inception"), "feature_network",
+                 "'fmnist_classifier' or 'inception'", self.feature_network)
+        _require(bool(self.reference.strip()), "reference", "a split name (train, test, val, ...) or a .npz path", self.reference)
+        _require(self.num_reference >= 0, "num_reference", "an integer >= 0 (0: as many as num_samples)", self.num_reference)
+        _require(1 <= self.pr_k < self.num_samples, "pr_k", f"an integer in [1, num_samples={self.num_samples})", self.pr_k)
+        _require(1 <= self.is_splits <= self.num_samples, "is_splits", f"an integer in [1, num_samples={self.num_samples}]", self.is_splits)
+        _require(self.block_size >= 1, "block_size", "an integer >= 1", self.block_size)
+        _require(all(isinstance(s, int) and s >= 1 for s in self.fid_at_scales), "fid_at_scales",
+                 "a list of positive scale sizes (e.g. [4])", self.fid_at_scales)
+        if self.feature_network == "inception":
+            _require(bool(self.inception_weights), "inception_weights",
+                     "a path or URI of pt_inception-2015-12-05-6726825d.pth when feature_network is 'inception'",
+                     self.inception_weights)
+
+    @property
+    def reference_is_npz(self) -> bool:
+        return self.reference.endswith(".npz")
+
+    @property
+    def reference_count(self) -> int:
+        return self.num_reference or self.num_samples
+
+
+@dataclass(frozen=True)
+class FigureConfig:
+    """Figures `evaluate` renders (PNG).
+
+    grid_classes: classes shown in the sample grid, one row each (the first ones); 0: no grid.
+    grid_per_class: samples per class (grid columns).
+    trajectory_seeds: rows of the generation-trajectory figure (paper Fig. 7); 0: no trajectory.
+    trajectory_prefix: force the ground-truth token maps of every scale up to this size (Fig. 7
+        starts both models from the same 4x4 latent: 4), taken from real images; 0: none.
+    seed: seeds the figures' generations (independent of the metric samples).
+    """
+
+    # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    grid_classes: int = 10
+    grid_per_class: int = 8
+    trajectory_seeds: int = 4
+    trajectory_prefix: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("grid_classes", "grid_per_class", "trajectory_seeds", "trajectory_prefix"):
+            _require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
+        _require(self.grid_classes == 0 or self.grid_per_class >= 1, "grid_per_class", "an integer >= 1 when grid_classes > 0",
+                 self.grid_per_class)
