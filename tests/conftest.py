@@ -14,8 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Ray 2.60 turns on token auth for clusters it starts; the tests only talk to their own loopback
 # clusters, so they switch it off rather than juggle token files.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-# One data cache for the whole session (the Fashion-MNIST classifier, real reference features), the
-# folder the evaluation tests train the classifier into (pytest cache key "sar-data-cache"):
+# One data cache for the whole session (real reference features; never the user's ~/.cache):
 # kept between local runs, fresh in CI. Set before anything reads it, Ray workers included.
 os.environ.setdefault("SAR_DATA_CACHE", str(REPO / ".pytest_cache" / "d" / "sar-data-cache"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -126,7 +127,9 @@ def run_job(job, spec_path: Path | None = None, address: str | None = None, resu
         tracking_uri = ensure_server(workspace.mlflow_root(), job.mlflow.port).uri
     tracker = Tracker(tracking_uri, job.mlflow.experiment)
     print(f"[sar] MLflow: {tracker.runs_url()}", flush=True)
-    env = {"MLFLOW_TRACKING_URI": tracking_uri}
+    # MLflow would print a "View run" link per finished run; the runner prints the experiment's once.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     started_ray = not ray.is_initialized()
     if started_ray:
         connect_ray(address, num_cpus, env)

@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
-from tqdm.auto import tqdm
 
 from sar_core.checkpoint import config_to_dict, fingerprint
+from sar_core.progress import progress_bar
 from sar_core.schedule import ScaleSchedule
 
 FORMAT = "sar-shards/1"
@@ -254,7 +254,7 @@ def encode_shards(
         else:
             todo.append(i)
     tokenizer.eval()
-    for i in tqdm(todo, desc=f"tokenizing {dataset_name}/{split}", disable=not progress, unit="shard"):
+    for i in progress_bar(todo, desc=f"tokenizing {dataset_name}/{split}", disable=not progress, unit="shard"):
         columns = _encode_rows(tokenizer, dataset, meta.shard_rows(i), meta, batch_size, device, num_workers)
         _write_shard(folder / meta.shard_name(i), meta, i, columns)
     tmp = manifest.with_name(MANIFEST + f".tmp{os.getpid()}")

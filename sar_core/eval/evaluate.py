@@ -32,7 +32,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sar_core.checkpoint import load_model
 from sar_core.data.fashion_mnist import FashionMNISTConfig
@@ -45,6 +44,7 @@ from sar_core.eval.fmnist_classifier import load_classifier
 from sar_core.eval.inception import load_inception
 from sar_core.eval.metrics import GaussianStats, frechet_distance
 from sar_core.eval.reference import DataConfig, RealReference, choose_rows, real_reference, score, split_batches, split_size
+from sar_core.progress import progress_bar
 from sar_core.sampler import decode_scales, generate
 from sar_core.sampling import SamplingConfig
 from sar_core.schedule import ScaleSchedule
@@ -126,7 +126,7 @@ def _generate_and_extract(generator, tokenizer, sampling, metrics, schedule, net
     num_classes = generator.config.num_classes
     mine = range(rank, math.ceil(metrics.num_samples / metrics.batch_size), world)
     rows = _Collector(metrics.fid_at_scales, network)
-    for b in tqdm(mine, desc="evaluating", unit="batch", disable=not progress or rank != 0):
+    for b in progress_bar(mine, desc="evaluating", unit="batch", disable=not progress or rank != 0):
         start, end = b * metrics.batch_size, min((b + 1) * metrics.batch_size, metrics.num_samples)
         labels = class_balanced_labels(start, end, num_classes).to(device)
         rng = torch.Generator(device=device).manual_seed(metrics.seed * 1_000_003 + b)

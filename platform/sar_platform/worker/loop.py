@@ -9,6 +9,7 @@ checkpoint after a worker-group retry or `sar run --resume`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import tempfile
 import time
@@ -136,6 +137,9 @@ def autocast(device: torch.device, precision: str):
 
 
 def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> None:
+    # Ray Train logs every report at INFO through a logger hanging off the root one; our progress
+    # lines already say it, once.
+    logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()

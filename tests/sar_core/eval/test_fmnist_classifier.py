@@ -1,5 +1,7 @@
 """The Fashion-MNIST feature network: accuracy, caching by content hash, determinism."""
+import dataclasses
 import gzip
+import json
 import shutil
 
 import pytest
@@ -10,7 +12,10 @@ from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.eval import fmnist_classifier as C
 
 
-def test_the_cached_classifier_reaches_93_percent_on_the_test_split(fmnist_classifier):
+def test_the_shipped_classifier_is_the_default_recipes_and_reaches_93_percent(fmnist_classifier):
+    shipped = C.SHIPPED_DIR / C.classifier_path(C.ClassifierRecipe(), FashionMNISTConfig()).name
+    assert shipped.is_file(), "the default recipe changed: ship the network it trains (see fmnist_classifier.py)"
+    assert fmnist_classifier.info["recipe"] == json.loads(json.dumps(dataclasses.asdict(C.ClassifierRecipe())))
     x, y = FashionMNISTConfig().load("test")
     acc = C.accuracy(fmnist_classifier, x, y)
     assert acc >= 0.93
