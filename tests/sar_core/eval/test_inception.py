@@ -97,7 +97,7 @@ def test_the_synthetic_file_loads_by_name_and_features_have_the_standard_shapes(
     feats, logits = inception(x)
     assert feats.shape == (2, 2048) and logits.shape == (2, 1008)
     assert (feats >= 0).all()  # a global average of ReLU outputs
-    state = torch.load(weights_file)
+    state = torch.load(weights_file, weights_only=True)
     assert torch.equal(inception.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"])
     assert inception.fingerprint.startswith("inception-v3-fid:")
 
