@@ -32,7 +32,8 @@ def train_body(tokenizer_path, steps: int, *extra: str) -> str:
 
 def test_a_sweep_gives_one_child_run_per_trial_and_asha_stops_the_bad_one(tmp_path, ray_local, mlflow_uri, tokenizer_path):
     # gamma=5 inflates loss/total at the first rung, so ASHA stops that trial; the third trial (a
-    # repeat of the first) can only start if the stopped trial released its worker.
+    # repeat of the first) can only start if the stopped trial released its worker. Each worker takes
+    # both CPUs of the cluster, as on a 2-core laptop: a trial function holding any CPU would hang it.
     body = train_body(tokenizer_path, 6, "objective: {kind: sar}", "checkpoint: {every_steps: 6}",
                       "log: {every_steps: 2}", f"eval: {EVAL}")
     path = spec(tmp_path, f"""
@@ -40,6 +41,7 @@ kind: sweep
 name: asha
 storage: {{path: {tmp_path}/ws}}
 mlflow: {{tracking_uri: "{mlflow_uri}", experiment: sweep-test}}
+resources: {{num_workers: 1, cpus_per_worker: 2}}
 train:
 {textwrap.indent(body, "  ")}space:
   objective.gamma: {{grid: [0.0, 5.0, 0.0]}}

@@ -18,7 +18,10 @@ from sar_platform.report import comparison_table, headline_columns, log_sweep_fi
 from sar_platform.spec.overrides import trial_job
 from sar_platform.tracking import RunHandle, Tracker
 
-TRIAL_CPU = 0.01  # the trial function only waits on its TorchTrainer; the workers hold the resources
+# The trial function only waits on its TorchTrainer, whose workers hold the resources. It reserves a
+# byte of memory rather than a sliver of CPU (a bundle cannot be empty), so that a worker asking for
+# every CPU of a node (cpus_per_worker: 2 on a 2-core laptop) still fits beside it.
+TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 
 
 def tune_domain(domain):
@@ -102,7 +105,7 @@ def run(job, session, parent: RunHandle | None, run_name: str) -> dict:
         partial(run_trial, sweep=job, parent=handle, run_name=run_name,
                 session_state={"workspace": {"root": session.workspace.root, "s3_endpoint": session.workspace.s3_endpoint},
                                "spec_text": session.spec_text}),
-        {"cpu": TRIAL_CPU},
+        TRIAL_RESOURCES,
     )
     experiment = f"{storage_path}/{run_name}"
     if session.resume and ray.tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
