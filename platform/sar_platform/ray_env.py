@@ -18,7 +18,7 @@ def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, s
     packages as py_modules, plus env vars."""
     # Plain prints from workers: Ray Train's print patch would show every progress line twice.
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    for key in ("RAY_AUTH_MODE", "SAR_DATA_CACHE", "MLFLOW_TRACKING_URI"):
+    for key in ("RAY_AUTH_MODE", "SAR_DATA_CACHE", "SAR_DATA_ROOT", "MLFLOW_TRACKING_URI"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})

@@ -2,9 +2,10 @@
 
 Where the files are looked for, in order:
 1. the `root` given (FashionMNISTConfig.root / the spec's data.root): a folder with the four files;
-2. the project's data cache: $SAR_DATA_CACHE/fashion-mnist (default ~/.cache/sar-platform/data);
-3. the Debian/Ubuntu package's folder /usr/share/datasets/fashion-mnist (`dataset-fashion-mnist`);
-4. only when `download=True` (and online): the official mirrors, into the data cache.
+2. $SAR_DATA_ROOT, when set (the same folder `platform/setup.sh` was pointed at);
+3. the project's data cache: $SAR_DATA_CACHE/fashion-mnist (default ~/.cache/sar-platform/data);
+4. the Debian/Ubuntu package's folder /usr/share/datasets/fashion-mnist (`dataset-fashion-mnist`);
+5. only when `download=True` (and online): the official mirrors, into the data cache.
 A miss raises `DataNotFoundError` saying exactly how to get the files.
 
 The model-input transform (documented, invertible): the 28x28 uint8 originals become float
@@ -47,10 +48,10 @@ ResizeMode = Literal["pad", "resize"]
 HOW_TO_GET = (
     "Get Fashion-MNIST with one of:\n"
     "  sudo apt-get install dataset-fashion-mnist   # Debian/Ubuntu: files land in /usr/share/datasets/fashion-mnist\n"
-    "  sar data --download                          # from the official mirror into the data cache (needs internet)\n"
+    "  sar data fashion-mnist --download            # from the official mirror into the data cache (needs internet)\n"
     "  set data.download: true in the job spec      # the same, on first use\n"
     "or put the four files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,\n"
-    "t10k-labels-idx1-ubyte.gz) in a folder and point data.root (or $SAR_DATA_CACHE/fashion-mnist) at it."
+    "t10k-labels-idx1-ubyte.gz) in a folder and point data.root or $SAR_DATA_ROOT at it."
 )
 
 
@@ -69,6 +70,9 @@ def _missing(folder: Path) -> list[str]:
 
 def find_root(root: str | Path | None = None, download: bool = False) -> Path:
     """The folder holding the four files (see the module docstring for the search order)."""
+    given = "root"
+    if root is None and os.environ.get("SAR_DATA_ROOT"):
+        root, given = os.environ["SAR_DATA_ROOT"], "root $SAR_DATA_ROOT ="
     if root is not None:
         root = Path(root).expanduser()
         missing = _missing(root)
@@ -76,7 +80,7 @@ def find_root(root: str | Path | None = None, download: bool = False) -> Path:
             return root
         if download:
             return _download(root)
-        raise DataNotFoundError(f"Fashion-MNIST root {root} lacks {missing}.\n{HOW_TO_GET}")
+        raise DataNotFoundError(f"Fashion-MNIST {given} {root} lacks {missing}.\n{HOW_TO_GET}")
     candidates = [data_cache() / "fashion-mnist", DEBIAN_ROOT]
     for folder in candidates:
         if not _missing(folder):

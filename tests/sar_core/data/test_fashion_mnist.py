@@ -22,6 +22,12 @@ def test_search_order_cache_before_debian(tmp_path, monkeypatch):
     shutil.copytree(fm.DEBIAN_ROOT, tmp_path / "fashion-mnist")
     assert fm.find_root() == tmp_path / "fashion-mnist"
     assert FashionMNISTConfig(root=str(fm.DEBIAN_ROOT)).find_root() == fm.DEBIAN_ROOT  # an explicit root wins
+    shutil.copytree(fm.DEBIAN_ROOT, tmp_path / "elsewhere")
+    monkeypatch.setenv("SAR_DATA_ROOT", str(tmp_path / "elsewhere"))
+    assert fm.find_root() == tmp_path / "elsewhere"  # $SAR_DATA_ROOT before the cache
+    monkeypatch.setenv("SAR_DATA_ROOT", str(tmp_path / "nowhere"))
+    with pytest.raises(DataNotFoundError, match=r"\$SAR_DATA_ROOT"):
+        fm.find_root()
 
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
