@@ -7,6 +7,9 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 ray="${SAR_RAY:-$repo/.venv/bin/ray}"
+# Ray Jobs run their entrypoint (`python -m sar_platform.cli run ...`) with the nodes' PATH: make
+# that the environment Ray itself runs from, as it is on a cluster image.
+export PATH="$(dirname "$ray"):$PATH"
 port="${SAR_RAY_PORT:-6379}"
 dashboard="${SAR_RAY_DASHBOARD_PORT:-8265}"
 cpus="${SAR_RAY_CPUS_PER_NODE:-1}"

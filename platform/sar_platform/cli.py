@@ -44,7 +44,7 @@ def cmd_run(args) -> int:
     from sar_platform.spec import SpecError
 
     try:
-        run_job(job, spec_path=Path(args.spec), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+        run_job(job, spec_text=Path(args.spec).read_text(), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
     except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
         print(str(e), file=sys.stderr)
         return EXIT_SPEC_ERROR

@@ -4,7 +4,6 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from sar_platform.mlflow_server import ensure_server
@@ -79,6 +78,10 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
     import ray
 
     runtime_env = repository_runtime_env(env_vars=env_vars)
+    if os.environ.get("SAR_RAY_JOB"):
+        # Inside `sar submit`'s Ray Job, whose runtime env already ships the repository: add the
+        # variables only (Ray merges them key by key; the job sets RAY_OVERRIDE_JOB_RUNTIME_ENV).
+        runtime_env = {"env_vars": runtime_env["env_vars"]}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
@@ -114,7 +117,7 @@ def driver(kind: str) -> Callable:
     return importlib.import_module(f"sar_platform.drivers.{DRIVER_MODULES[kind]}").run
 
 
-def run_job(job, spec_path: Path | None = None, address: str | None = None, resume: bool = False,
+def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
             num_cpus: int | None = None) -> dict[str, Any]:
     import ray
 
@@ -135,7 +138,7 @@ def run_job(job, spec_path: Path | None = None, address: str | None = None, resu
         connect_ray(address, num_cpus, env)
     try:
         check_cluster(job, workspace, tracking_uri)
-        session = Session(workspace, tracker, resume, spec_path.read_text() if spec_path else "")
+        session = Session(workspace, tracker, resume, spec_text)
         outputs = driver(job.kind)(job, session, parent=None, run_name=job.name)
     finally:
         if started_ray:

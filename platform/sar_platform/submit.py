@@ -25,7 +25,7 @@ def submit_job(job, spec_path: Path, address: str, resume: bool = False, wait: b
               "the repository is what the cluster receives")
         return 2
     entrypoint = f"python -m sar_platform.cli run {spec.relative_to(repo)} --address auto" + (" --resume" if resume else "")
-    env = {"SAR_BASE_DIR": os.getcwd()}
+    env = {"SAR_BASE_DIR": os.getcwd(), "SAR_RAY_JOB": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
     client = JobSubmissionClient(address)
     submission_id = f"sar-{job.name}-{uuid.uuid4().hex[:8]}"
     client.submit_job(entrypoint=entrypoint, runtime_env=repository_runtime_env(repo, env), submission_id=submission_id)

@@ -65,7 +65,7 @@ def pipeline(tmp_path_factory, ray_local, mlflow_uri):
             eval: {EVAL}
         compare: [pretrain, tf, sar]
     """)
-    outputs = run_job(load_job(path), spec_path=path)
+    outputs = run_job(load_job(path), spec_text=path.read_text())
     runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "pipeline-test")}
     return outputs, runs, mlflow_uri
 

@@ -49,7 +49,7 @@ metric: fid
 scheduler: {{metric: loss/total, mode: min, grace_period: 1, reduction_factor: 2}}
 max_concurrent_trials: 1
 """)
-    outputs = run_job(load_job(path), spec_path=path)
+    outputs = run_job(load_job(path), spec_text=path.read_text())
     trials = outputs["trials"]
     assert [t["objective.gamma"] for t in trials] == [0.0, 5.0, 0.0]
     assert trials[1]["status"].startswith("stopped") and "fid" not in trials[1]
