@@ -94,22 +94,30 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def model_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every benchmark of a generator preset takes."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--batch", type=int, default=None, help="train batch (default: the preset's)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
+    return p
+
+
+def device_and_preset(args) -> tuple[torch.device, dict]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device), PRESETS[args.preset]
+
+
+def main(argv=None) -> dict:
+    p = model_parser(__doc__)
     p.add_argument("--sample-batch", type=int, default=None, help="images per sampling call (default: train batch)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = p.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    preset = PRESETS[args.preset]
+    device, preset = device_and_preset(args)
     schedule: ScaleSchedule = preset["schedule"]
     batch = args.batch or preset["batch"]
     tok, gen = build(preset, device)

@@ -13,7 +13,6 @@ fixed schedule.
 """
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import platform
@@ -23,7 +22,7 @@ import time
 import torch
 
 # run as a script, bench/ is on sys.path
-from bench_core import PRESETS, autocast, build, make_optimizer, peak_memory_mb, time_calls
+from bench_core import autocast, build, device_and_preset, make_optimizer, model_parser, peak_memory_mb, time_calls
 from sar_core.objectives import ObjectiveConfig, TokenBatch, build_objective
 
 
@@ -64,20 +63,11 @@ def make_step(config, gen, opt, batch, device, dtype):
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
-    p.add_argument("--batch", type=int, default=None, help="train batch (default: the preset's)")
+    p = model_parser(__doc__)
     p.add_argument("--rounds", type=int, default=15, help="timed round-robin rounds")
     p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch default)")
     args = p.parse_args(argv)
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    preset = PRESETS[args.preset]
+    device, preset = device_and_preset(args)
     schedule, batch_size = preset["schedule"], args.batch or preset["batch"]
     _, gen = build(preset, device)
     gen.train()
