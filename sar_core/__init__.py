@@ -4,10 +4,10 @@ Scale schedules, the multi-scale VQ tokenizer, the FlexVAR-style generator, KV-c
 checkpoints and the FlexVAR importer. Nothing here imports Ray, MLflow or boto3.
 """
 from sar_core.checkpoint import CheckpointError, load_model, read_header, save_model
+from sar_core.generation import Generation, generate
 from sar_core.generator import GeneratorConfig, ScaleGenerator
-from sar_core.sampler import Generation, generate
-from sar_core.sampling import SamplingConfig
 from sar_core.schedule import FLEXVAR_256, ScaleSchedule, ScheduleDraw, ScheduleError
+from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import MultiScaleVQ, TokenizerConfig
 
 __all__ = [

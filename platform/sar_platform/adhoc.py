@@ -11,9 +11,9 @@ from sar_core.checkpoint import load_model
 from sar_core.eval import MetricConfig, evaluate
 from sar_core.eval.export import save_samples_npz
 from sar_core.eval.figures import sample_grid
-from sar_core.sampler import generate
-from sar_core.sampling import SamplingConfig
+from sar_core.generation import generate
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig
 from sar_platform.data import dataset_config
 from sar_platform.spec import DataSpec
 

@@ -98,7 +98,7 @@ class TokenShardsRef:
         if job.data.loader == "ray_data":
             yield from self._stream(per_worker, job.seed, rank, start_step, device)
             return
-        from sar_platform.worker.batches import batch_indices
+        from sar_core.data.order import batch_indices
 
         columns = self.local().load()
         for step, idx in enumerate(batch_indices(self.num_rows, job.optim.batch_size, rank, world, job.seed, start_step), start_step):

@@ -9,33 +9,10 @@ from sar_core.checkpoint import read_header
 from sar_core.eval import FigureConfig, evaluate
 from sar_core.eval.evaluate import build_feature_network
 from sar_core.eval.reference import real_reference
-from sar_core.eval.figures import FigureRow, abs_delta, rollout_figure
-from sar_core.objectives import TokenBatch, student_forcing_trace
+from sar_core.eval.figures import student_forcing_figure
+from sar_core.objectives import TokenBatch
 from sar_core.schedule import ScaleSchedule
 from sar_platform.data import dataset_config
-
-
-def token_latents(tokenizer, idx_Bhw: torch.Tensor) -> torch.Tensor:
-    return tokenizer.normalized_codebook()[idx_Bhw].permute(0, 3, 1, 2)
-
-
-@torch.no_grad()
-def student_forcing_figure(model, tokenizer, batch: TokenBatch, objective, path: Path, sample: int = 0) -> Path:
-    """Paper Fig. 8 for one training image: ground truth, teacher input, student input, student
-    prediction and |ground truth - student prediction| at every scale after the first."""
-    trace = student_forcing_trace(model, batch, objective, torch.Generator(batch.tokens.device).manual_seed(0))
-    gt = [token_latents(tokenizer, t)[sample] for t in trace.ground_truth]
-    pred = [token_latents(tokenizer, t)[sample] for t in trace.student_prediction]
-    rows = [
-        FigureRow("ground truth", gt),
-        FigureRow("TF input", [x[sample] for x in trace.teacher_input]),
-        FigureRow("SF input", [x[sample] for x in trace.student_input]),
-        FigureRow("SF prediction", pred),
-        FigureRow("|GT - SF pred|", [abs_delta(tokenizer.decode_latent(a[None])[0], tokenizer.decode_latent(b[None])[0])
-                                      for a, b in zip(gt, pred)], kind="delta"),
-    ]
-    titles = [f"{s}x{s}" for s in trace.scales]
-    return rollout_figure(rows, titles, path, tokenizer=tokenizer, title=f"student forcing ({objective.sampling} rollout)")
 
 
 def prepare_eval_assets(job, image_size: int) -> str:

@@ -5,6 +5,7 @@ Where the files are looked for, in order:
 2. $SAR_DATA_ROOT, when set (the same folder `platform/setup.sh` was pointed at);
 3. the project's data cache: $SAR_DATA_CACHE/fashion-mnist (default ~/.cache/sar-platform/data);
 4. the Debian/Ubuntu package's folder /usr/share/datasets/fashion-mnist (`dataset-fashion-mnist`);
+(the folders and variables are defined in `sar_core.paths`)
 5. only when `download=True` (and online): the official mirrors, into the data cache.
 A miss raises `DataNotFoundError` saying exactly how to get the files.
 
@@ -18,7 +19,7 @@ tensors in [-1, 1] of shape (N, 1, size, size), where `size` is the tokenizer's 
 from __future__ import annotations
 
 import gzip
-import os
+import hashlib
 import struct
 import urllib.error
 import urllib.request
@@ -30,13 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sar_core import paths
+
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
 SPLIT_SIZES = {"train": 60000, "test": 10000}
 SIDE = 28
-DEBIAN_ROOT = Path("/usr/share/datasets/fashion-mnist")
 # The official locations named in the zalandoresearch/fashion-mnist README, tried in order.
 MIRRORS = (
     "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
@@ -59,11 +61,6 @@ class DataNotFoundError(FileNotFoundError):
     pass
 
 
-def data_cache() -> Path:
-    """The project's data cache: $SAR_DATA_CACHE, default ~/.cache/sar-platform/data."""
-    return Path(os.environ.get("SAR_DATA_CACHE", Path.home() / ".cache" / "sar-platform" / "data"))
-
-
 def _missing(folder: Path) -> list[str]:
     return [f for pair in FILES.values() for f in pair if not (folder / f).is_file()]
 
@@ -71,8 +68,8 @@ def _missing(folder: Path) -> list[str]:
 def find_root(root: str | Path | None = None, download: bool = False) -> Path:
     """The folder holding the four files (see the module docstring for the search order)."""
     given = "root"
-    if root is None and os.environ.get("SAR_DATA_ROOT"):
-        root, given = os.environ["SAR_DATA_ROOT"], "root $SAR_DATA_ROOT ="
+    if root is None and paths.data_root() is not None:
+        root, given = paths.data_root(), f"root ${paths.DATA_ROOT_ENV} ="
     if root is not None:
         root = Path(root).expanduser()
         missing = _missing(root)
@@ -81,7 +78,7 @@ def find_root(root: str | Path | None = None, download: bool = False) -> Path:
         if download:
             return _download(root)
         raise DataNotFoundError(f"Fashion-MNIST {given} {root} lacks {missing}.\n{HOW_TO_GET}")
-    candidates = [data_cache() / "fashion-mnist", DEBIAN_ROOT]
+    candidates = paths.fashion_mnist_folders()
     for folder in candidates:
         if not _missing(folder):
             return folder
@@ -179,9 +176,27 @@ def load_tensors(split="train", root=None, size: int = SIDE, resize_mode: str = 
     return to_model_input(images, size, resize_mode), torch.from_numpy(labels.copy())
 
 
+class ArrayImages:
+    """One split held in memory as uint8 arrays, converted to model input per batch."""
+
+    def __init__(self, images_u8: np.ndarray, labels: np.ndarray, size: int, resize_mode: str):
+        self.images_u8, self.labels, self.size, self.resize_mode = images_u8, labels, size, resize_mode
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows) -> torch.Tensor:
+        return to_model_input(self.images_u8[np.asarray(rows)], self.size, self.resize_mode)
+
+    def torch_dataset(self) -> torch.utils.data.Dataset:
+        return torch.utils.data.TensorDataset(to_model_input(self.images_u8, self.size, self.resize_mode),
+                                              torch.from_numpy(self.labels.astype(np.int64)))
+
+
 @dataclass(frozen=True)
 class FashionMNISTConfig:
-    """Where Fashion-MNIST comes from and how its images are fitted to the tokenizer's input size.
+    """Where Fashion-MNIST comes from and how its images are fitted to the tokenizer's input size
+    (an `ImageDataset`).
 
     root: a folder with the four .gz files; None searches the data cache, then the Debian folder.
     resize_mode: "pad" (centre the 28x28 image, background -1) or "resize" (bilinear).
@@ -198,16 +213,47 @@ class FashionMNISTConfig:
     name = "fashion_mnist"
     num_classes = len(CLASSES)
     class_names = CLASSES
+    channels = 1
 
     def __post_init__(self):
         if self.resize_mode not in ("pad", "resize"):
             raise ValueError(f"resize_mode must be 'pad' or 'resize', got {self.resize_mode!r}")
 
+    @property
+    def transform(self) -> str:
+        return self.resize_mode
+
     def find_root(self) -> Path:
         return find_root(self.root, self.download)
 
+    def check_available(self) -> None:
+        if not self.download:  # with download, a miss is fetched on first use
+            find_root(self.root)
+
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return load_arrays(split, self.root, self.download)
+
+    def split_size(self, split: str) -> int:
+        return len(self.labels(split))
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.arrays(split)[1]
+
+    def content_hash(self) -> str:
+        """Hash of the decompressed images and labels of both splits (independent of how the .gz
+        files were packed)."""
+        h = hashlib.sha256()
+        for split in ("train", "test"):
+            for arr in self.arrays(split):
+                h.update(np.ascontiguousarray(arr).tobytes())
+        return h.hexdigest()
+
+    def identity(self, split: str) -> str:
+        return f"fashion_mnist:{self.content_hash()}"
+
+    def images(self, split: str, size: int, limit: int | None = None) -> ArrayImages:
+        images, labels = self.arrays(split)
+        return ArrayImages(images[:limit], labels[:limit], size, self.resize_mode)
 
     def load(self, split: str, size: int = SIDE, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(images (N, 1, size, size) in [-1, 1], labels (N,)) for a model of input size `size`."""

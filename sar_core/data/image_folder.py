@@ -8,6 +8,7 @@ ImageFolder and the reference repositories number ImageNet's synsets.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,10 +75,28 @@ class ImageFolder(Dataset):
         return np.array([label for _, label in self.items], dtype=np.int64)
 
 
+class FolderImages:
+    """One split of an image folder, read from disk per batch."""
+
+    def __init__(self, dataset: ImageFolder, limit: int | None = None):
+        self.dataset = dataset
+        self.labels = dataset.labels[:limit]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batch(self, rows) -> torch.Tensor:
+        return torch.stack([self.dataset[int(i)][0] for i in rows])
+
+    def torch_dataset(self) -> torch.utils.data.Dataset:
+        return torch.utils.data.Subset(self.dataset, range(len(self)))
+
+
 @dataclass(frozen=True)
 class ImageFolderConfig:
     """root: a folder holding `<split>/<class>/*.JPEG` (e.g. an ImageNet copy with train/ and val/).
     image_size: the side of the square centre crop (the tokenizer's input size, 256 for ImageNet).
+    An `ImageDataset`; its classes are the sorted folder names (no human-readable names).
     """
 
     # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
@@ -87,15 +106,47 @@ class ImageFolderConfig:
     image_size: int = 256
 
     name = "image_folder"
+    num_classes = None  # as many as the split has class folders
+    class_names = None
+    channels = 3
+    transform = "center_crop"
 
     def __post_init__(self):
         if self.image_size < 8:
             raise ValueError(f"image_size must be >= 8 pixels, got {self.image_size}")
 
-    def dataset(self, split: str = "train") -> ImageFolder:
+    def folder(self, split: str) -> Path:
         if not self.root:
             raise FileNotFoundError("ImageFolderConfig.root is empty: set it to a folder holding train/<class>/*.JPEG")
-        return ImageFolder(Path(self.root).expanduser() / split, self.image_size)
+        return Path(self.root).expanduser() / split
+
+    def dataset(self, split: str = "train") -> ImageFolder:
+        return ImageFolder(self.folder(split), self.image_size)
+
+    def check_available(self) -> None:
+        if not self.folder("train").is_dir():
+            raise FileNotFoundError(f"root {self.root} has no train/ folder of class folders")
+
+    def split_size(self, split: str) -> int:
+        return len(self.dataset(split))
+
+    def labels(self, split: str) -> np.ndarray:
+        return self.dataset(split).labels
+
+    def identity(self, split: str) -> str:
+        """Every file's relative path, label, size and modification time, hashed."""
+        folder = self.folder(split)
+        _, items = scan(folder)
+        h = hashlib.sha256()
+        for path, label in items:
+            st = path.stat()
+            h.update(f"{path.relative_to(folder)}:{label}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return f"image_folder:{folder.resolve()}:{h.hexdigest()[:16]}"
+
+    def images(self, split: str, size: int, limit: int | None = None) -> FolderImages:
+        if size != self.image_size:
+            raise ValueError(f"image folder crops to {self.image_size} px but the generator makes {size} px images")
+        return FolderImages(self.dataset(split), limit)
 
     def to_feature_input(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         """Feature networks see the images as generated (Inception resizes them itself)."""

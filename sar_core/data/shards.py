@@ -17,7 +17,7 @@ scales, and never deletes or overwrites a finished shard.
 
 Readers: `TokenShards` (metadata, checks, whole-set loading), `ShardDataset` (map-style: use it
 with a DataLoader and DistributedSampler), `ShardStream` (iterable, rank/world split, streams row
-groups), and `sar_platform.ray_data` for Ray Data. Batches from all of them are dicts with
+groups), and Ray Data's `read_parquet` over `TokenShards.files` (the platform's `shard_dataset`). Batches from all of them are dicts with
 `label`, `tokens` and possibly `tokens_flip`; `training_batch` picks original or flipped tokens
 per sample with a seeded generator and returns (labels (B,), tokens (B, T)).
 """

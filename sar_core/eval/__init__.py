@@ -6,8 +6,9 @@ from sar_core.eval.config import FigureConfig, MetricConfig
 from sar_core.eval.evaluate import EvalResult, evaluate, scale_key
 from sar_core.eval.metrics import (GaussianStats, StreamingGaussian, frechet_distance, inception_score,
                                    manifold_radii, precision_recall)
+from sar_core.eval.reference import HEADLINE_METRICS
 
 __all__ = [
-    "EvalResult", "FigureConfig", "GaussianStats", "MetricConfig", "StreamingGaussian", "evaluate", "frechet_distance",
-    "inception_score", "manifold_radii", "precision_recall", "scale_key",
+    "EvalResult", "FigureConfig", "GaussianStats", "HEADLINE_METRICS", "MetricConfig", "StreamingGaussian", "evaluate",
+    "frechet_distance", "inception_score", "manifold_radii", "precision_recall", "scale_key",
 ]

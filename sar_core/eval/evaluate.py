@@ -34,20 +34,21 @@ import numpy as np
 import torch
 
 from sar_core.checkpoint import load_model
+from sar_core.data.dataset import ImageDataset, model_input_batches
 from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.eval import figures as figs
 from sar_core.eval.config import FigureConfig, MetricConfig
 from sar_core.eval.distributed import barrier, gather_rows, rank_and_world
 from sar_core.eval.export import NpzWriter, merge_npz, read_npz_batches, read_reference_npz
 from sar_core.eval.features import FeatureNetwork, Features, batch_features
-from sar_core.eval.fmnist_classifier import load_classifier
+from sar_core.eval.fmnist_classifier import check_classifier_data, load_classifier
 from sar_core.eval.inception import load_inception
 from sar_core.eval.metrics import GaussianStats, frechet_distance
-from sar_core.eval.reference import DataConfig, RealReference, choose_rows, real_reference, score, split_batches, split_size
+from sar_core.eval.reference import RealReference, choose_rows, real_reference, score
+from sar_core.generation import decode_scales, generate
 from sar_core.progress import progress_bar
-from sar_core.sampler import decode_scales, generate
-from sar_core.sampling import SamplingConfig
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig
 
 
 @dataclass
@@ -72,14 +73,13 @@ def class_balanced_labels(start: int, end: int, num_classes: int) -> torch.Tenso
     return torch.arange(start, end) % num_classes
 
 
-def build_feature_network(metrics: MetricConfig, data: DataConfig, device="cpu", cache_dir: Path | None = None,
+def build_feature_network(metrics: MetricConfig, data: ImageDataset, device="cpu", cache_dir: Path | None = None,
                           progress: bool = True) -> FeatureNetwork:
     """The configured network. The Fashion-MNIST classifier is trained on first use (rank 0 first,
     the other ranks then load rank 0's cache entry)."""
     if metrics.feature_network == "inception":
         return load_inception(metrics.inception_weights, metrics.allow_download, device)
-    if not isinstance(data, FashionMNISTConfig):
-        raise ValueError("feature_network 'fmnist_classifier' scores Fashion-MNIST only; use 'inception' for image folders")
+    check_classifier_data(data)  # on every rank, before the barrier
     rank, _ = rank_and_world()
     if rank != 0:
         barrier()
@@ -167,7 +167,7 @@ def evaluate(
     schedule: ScaleSchedule | Sequence[int],
     out_dir: str | Path,
     *,
-    data: DataConfig = FashionMNISTConfig(),
+    data: ImageDataset = FashionMNISTConfig(),
     figures: FigureConfig | None = FigureConfig(),
     feature_network: FeatureNetwork | None = None,
     device: str | torch.device | None = None,
@@ -224,11 +224,7 @@ def _metrics(rows: dict[str, np.ndarray], real: RealReference, metrics: MetricCo
 # -- figures -----------------------------------------------------------------------------------
 
 
-def class_names(data: DataConfig) -> Sequence[str] | None:
-    return data.class_names if isinstance(data, FashionMNISTConfig) else None
-
-
-def real_examples(data: DataConfig, metrics: MetricConfig, count: int, image_size: int, seed: int):
+def real_examples(data: ImageDataset, metrics: MetricConfig, count: int, image_size: int, seed: int):
     """(images (n, C, size, size) in [-1, 1], labels (n,)) of real data, for ground-truth prefixes."""
     if metrics.reference_is_npz:
         ref = read_reference_npz(metrics.reference)
@@ -238,18 +234,17 @@ def real_examples(data: DataConfig, metrics: MetricConfig, count: int, image_siz
         x = torch.from_numpy(images.copy()).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return x, torch.as_tensor(ref.labels[: len(x)]).long()
     split = metrics.reference
-    rows = choose_rows(split_size(data, split), count, seed)
-    images = torch.cat(list(split_batches(data, split, rows, image_size, count)))
-    labels = data.arrays(split)[1][rows] if isinstance(data, FashionMNISTConfig) else data.dataset(split).labels[rows]
-    return images, torch.as_tensor(labels).long()
+    rows = choose_rows(data.split_size(split), count, seed)
+    images = torch.cat(list(model_input_batches(data, split, rows, image_size, count)))
+    return images, torch.as_tensor(data.labels(split)[rows]).long()
 
 
 @torch.no_grad()
 def render_figures(generator, tokenizer, sampling: SamplingConfig, schedule: ScaleSchedule, cfg: FigureConfig,
-                   metrics: MetricConfig, data: DataConfig, out_dir: Path, device) -> dict[str, Path]:
+                   metrics: MetricConfig, data: ImageDataset, out_dir: Path, device) -> dict[str, Path]:
     out = {}
     num_classes = generator.config.num_classes
-    names = class_names(data)
+    names = data.class_names
     if cfg.grid_classes:
         classes = torch.arange(min(cfg.grid_classes, num_classes))
         labels = classes.repeat_interleave(cfg.grid_per_class).to(device)

@@ -7,6 +7,7 @@
   teacher-forcing input / student-forcing input / student prediction / |delta|). Panels are images,
   latent maps (decoded with the tokenizer when one is given, else shown as a per-pixel norm) or
   difference maps (channel-mean magnitude, one colour scale per row).
+- `student_forcing_figure`: Fig. 8 for one training image, from a student-forcing trace.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend).
 """
@@ -21,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from sar_core.objectives import TokenBatch, student_forcing_trace
 
 PanelKind = Literal["image", "latent", "delta"]
 
@@ -160,3 +163,27 @@ def rollout_figure(rows: Sequence[FigureRow], column_titles: Sequence[str], path
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def token_latents(tokenizer, idx_Bhw: torch.Tensor) -> torch.Tensor:
+    """Token maps (B, h, w) -> the codebook vectors they index, (B, Cvae, h, w)."""
+    return tokenizer.normalized_codebook()[idx_Bhw].permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def student_forcing_figure(model, tokenizer, batch: TokenBatch, objective, path: Path, sample: int = 0) -> Path:
+    """Paper Fig. 8 for one training image: ground truth, teacher input, student input, student
+    prediction and |ground truth - student prediction| at every scale after the first."""
+    trace = student_forcing_trace(model, batch, objective, torch.Generator(batch.tokens.device).manual_seed(0))
+    gt = [token_latents(tokenizer, t)[sample] for t in trace.ground_truth]
+    pred = [token_latents(tokenizer, t)[sample] for t in trace.student_prediction]
+    rows = [
+        FigureRow("ground truth", gt),
+        FigureRow("TF input", [x[sample] for x in trace.teacher_input]),
+        FigureRow("SF input", [x[sample] for x in trace.student_input]),
+        FigureRow("SF prediction", pred),
+        FigureRow("|GT - SF pred|", [abs_delta(tokenizer.decode_latent(a[None])[0], tokenizer.decode_latent(b[None])[0])
+                                      for a, b in zip(gt, pred)], kind="delta"),
+    ]
+    titles = [f"{s}x{s}" for s in trace.scales]
+    return rollout_figure(rows, titles, path, tokenizer=tokenizer, title=f"student forcing ({objective.sampling} rollout)")

@@ -24,14 +24,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sar_core.data.fashion_mnist import FashionMNISTConfig, data_cache
+from sar_core import paths
+from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.eval.features import FeatureNetwork
 from sar_core.progress import progress_bar
 
@@ -91,17 +91,14 @@ class FMNISTClassifier(FeatureNetwork):
         return feats, self.head(self.dropout(feats))
 
 
-def data_hash(data: FashionMNISTConfig) -> str:
-    """Hash of the decompressed images and labels (independent of how the .gz files were packed)."""
-    h = hashlib.sha256()
-    for split in ("train", "test"):
-        for arr in data.arrays(split):
-            h.update(np.ascontiguousarray(arr).tobytes())
-    return h.hexdigest()
+def check_classifier_data(data) -> None:
+    """The classifier is trained on, and only means something for, Fashion-MNIST."""
+    if not isinstance(data, FashionMNISTConfig):
+        raise ValueError("feature_network 'fmnist_classifier' scores Fashion-MNIST only; use 'inception' for image folders")
 
 
 def cache_key(recipe: ClassifierRecipe, data: FashionMNISTConfig) -> str:
-    text = json.dumps({"data": data_hash(data), "recipe": dataclasses.asdict(recipe), "arch": ARCHITECTURE_VERSION}, sort_keys=True)
+    text = json.dumps({"data": data.content_hash(), "recipe": dataclasses.asdict(recipe), "arch": ARCHITECTURE_VERSION}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -174,7 +171,7 @@ SHIPPED_DIR = Path(__file__).parent / "weights"
 
 
 def classifier_path(recipe: ClassifierRecipe, data: FashionMNISTConfig, cache_dir: Path | None = None) -> Path:
-    return Path(cache_dir or data_cache()) / "classifiers" / f"fmnist-{cache_key(recipe, data)}.safetensors"
+    return paths.classifier_cache(cache_dir) / f"fmnist-{cache_key(recipe, data)}.safetensors"
 
 
 def load_classifier(recipe: ClassifierRecipe = ClassifierRecipe(), data: FashionMNISTConfig = FashionMNISTConfig(),
@@ -182,6 +179,7 @@ def load_classifier(recipe: ClassifierRecipe = ClassifierRecipe(), data: Fashion
     """The cached (or shipped) classifier for (data, recipe), trained and cached first if missing (and `train`).
 
     `model.info` holds its test accuracy and training time."""
+    check_classifier_data(data)
     path = classifier_path(recipe, data, Path(cache_dir) if cache_dir else None)
     for found in (path, SHIPPED_DIR / path.name):
         if found.is_file():

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from sar_core import paths
 from sar_core.eval.features import FeatureNetwork
 
 FID_WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
@@ -227,8 +228,6 @@ def check_hash_in_name(path: Path, name: str | None = None) -> None:
 
 def resolve_weights(uri: str, allow_download: bool = False, cache_dir: Path | None = None) -> Path:
     """A local path for `uri` (path, file://, or http(s):// fetched into the cache when allowed)."""
-    from sar_core.data.fashion_mnist import data_cache
-
     if not uri:
         raise WeightsError(
             "the inception feature network needs weights: set metrics.inception_weights to a local copy of "
@@ -237,7 +236,7 @@ def resolve_weights(uri: str, allow_download: bool = False, cache_dir: Path | No
         )
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
-        target = (cache_dir or data_cache() / "weights") / Path(parsed.path).name
+        target = (cache_dir or paths.weights_cache()) / Path(parsed.path).name
         if target.is_file():
             return target
         if not allow_download:

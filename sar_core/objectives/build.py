@@ -25,7 +25,7 @@ from sar_core.objectives.csfl import csfl_loss, csfl_targets, graded_scales
 from sar_core.objectives.diagnostics import gap_diagnostics
 from sar_core.objectives.metrics import (per_scale_entries, per_scale_mean, to_floats, token_accuracy,
                                          token_cross_entropy)
-from sar_core.objectives.rollout import RolloutSampler, shifted_inputs, stagger_scale_rollout
+from sar_core.objectives.rollout import RolloutDraw, shifted_inputs, stagger_scale_rollout
 from sar_core.objectives.student_forcing import student_forced_inputs
 from sar_core.objectives.weighting import ScaleWeighting
 from sar_core.schedule import ScaleSchedule
@@ -40,7 +40,7 @@ class Objective:
 
     def __init__(self, config: ObjectiveConfig):
         self.config = config
-        self.sampler = RolloutSampler(config.sampling, config.rollout)
+        self.draw = RolloutDraw(config.sampling, config.rollout)
         self.weighting = ScaleWeighting(config.weighting, config.dynamic_momentum)
 
     def __call__(self, model: nn.Module, batch: TokenBatch, step: int, rng: torch.Generator | None = None) -> ObjectiveOutput:
@@ -55,7 +55,7 @@ class Objective:
             return self.output(loss, {"loss/tf": loss}, metrics)
         if kind == "sar":
             return self.sar(model, label_B, x_tf, batch, rng)
-        inputs = student_forced_inputs(kind, model, label_B, batch.token_maps(), x_tf, batch.schedule, self.sampler,
+        inputs = student_forced_inputs(kind, model, label_B, batch.token_maps(), x_tf, batch.schedule, self.draw,
                                        self.config.hybrid_scale, rng)
         logits = model(label_B, shifted_inputs(model, inputs, batch.schedule), batch.schedule)
         loss, metrics = self.ground_truth_loss("sf", logits, batch)
@@ -67,7 +67,7 @@ class Objective:
         loss_tf, metrics = self.ground_truth_loss("tf", teacher, batch)
         n = math.ceil(cfg.student_fraction * label_B.shape[0])  # the student rows: a cost knob
         graded = graded_scales(cfg.csfl_scales, len(schedule), rng)
-        ssr = stagger_scale_rollout(model, label_B[:n], teacher[:n], x_tf[:n], schedule, graded, self.sampler,
+        ssr = stagger_scale_rollout(model, label_B[:n], teacher[:n], x_tf[:n], schedule, graded, self.draw,
                                     cfg.rollout_depth, cfg.student_context, cfg.csfl_target == "teacher_hard", rng)
         targets = csfl_targets(cfg.csfl_target, schedule, graded, teacher[:n], ssr.teacher_samples, batch.tokens[:n])
         sizes = ScaleSchedule(schedule.scales[graded.start:graded.stop])
@@ -95,7 +95,7 @@ class Objective:
 
     def diagnostics(self, model: nn.Module, batch: TokenBatch, rng: torch.Generator | None = None) -> dict[str, float]:
         """The train-test gap curves (diagnostics.py); no grad, eval mode, real labels."""
-        return gap_diagnostics(model, batch, self.sampler, rng)
+        return gap_diagnostics(model, batch, self.draw, rng)
 
     def state_dict(self) -> dict:
         return {"weighting": self.weighting.state_dict()}

@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from sar_core.sampling import SamplingConfig
+from sar_core.token_sampling import SamplingConfig
 
 Kind = Literal["tf", "sar", "sf_full", "sf_alternate", "sf_interleave", "sf_hybrid"]
 Weighting = Literal["token", "scale", "dynamic"]

@@ -20,26 +20,26 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from sar_core.generation import eval_mode
 from sar_core.generator import unwrap
 from sar_core.objectives.batch import TokenBatch
 from sar_core.objectives.config import ObjectiveConfig
 from sar_core.objectives.metrics import (per_scale_entries, per_scale_mean, to_floats, token_accuracy,
                                          token_cross_entropy, token_kl)
-from sar_core.objectives.rollout import RolloutSampler, sequential_rollout, shifted_inputs, stagger_scale_rollout
-from sar_core.sampler import eval_mode
+from sar_core.objectives.rollout import RolloutDraw, sequential_rollout, shifted_inputs, stagger_scale_rollout
 from sar_core.schedule import ScaleSchedule
 
 
 @torch.no_grad()
-def gap_diagnostics(model: nn.Module, batch: TokenBatch, sampler: RolloutSampler,
+def gap_diagnostics(model: nn.Module, batch: TokenBatch, draw: RolloutDraw,
                     rng: torch.Generator | None = None) -> dict[str, float]:
     schedule, N = batch.schedule, len(batch.schedule)
     label_B, gt_BL = batch.labels, batch.tokens
     with eval_mode(model):
         x_tf = unwrap(model).scale_inputs(gt_BL, schedule)
         teacher = model(label_B, x_tf, schedule)
-        student = stagger_scale_rollout(model, label_B, teacher, x_tf, schedule, range(1, N), sampler, rng=rng).logits
-        rolled = sequential_rollout(model, label_B, batch.token_maps(), schedule, 0, sampler, rng)
+        student = stagger_scale_rollout(model, label_B, teacher, x_tf, schedule, range(1, N), draw, rng=rng).logits
+        rolled = sequential_rollout(model, label_B, batch.token_maps(), schedule, 0, draw, rng)
         autoregressive = model(label_B, shifted_inputs(model, rolled, schedule), schedule)
 
     # scale 1 is predicted from the class token alone under every context: the others start at scale 2
@@ -78,11 +78,11 @@ def student_forcing_trace(model: nn.Module, batch: TokenBatch, config: Objective
                           rng: torch.Generator | None = None) -> StudentForcingTrace:
     """The SSR of `config` (its sampling and rollout depth) on every scale with full context, in eval mode."""
     schedule, N = batch.schedule, len(batch.schedule)
-    sampler = RolloutSampler(config.sampling, config.rollout)
+    draw = RolloutDraw(config.sampling, config.rollout)
     with eval_mode(model):
         x_tf = unwrap(model).scale_inputs(batch.tokens, schedule)
         teacher = model(batch.labels, x_tf, schedule)
-        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), sampler,
+        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), draw,
                                     depth=config.rollout_depth, rng=rng)
         x_sf = shifted_inputs(model, ssr.inputs, schedule)
     per_scale_logits = ScaleSchedule(schedule.scales[1:]).split(ssr.logits)

@@ -3,7 +3,7 @@ scale-by-scale rollout of naive student forcing.
 
 Every objective feeds the generator token maps, one per scale: the input of scale i+1 is scale
 i's map, embedded with the codebook and bicubic-up-sampled to scale i+1's size, exactly as the
-sampler does at inference (`shifted_inputs`). Teacher forcing feeds ground truth; student forcing
+generation does at inference (`shifted_inputs`). Teacher forcing feeds ground truth; student forcing
 feeds tokens drawn from the model's own predictions. Drawn tokens are integers made under
 no_grad, so no gradient flows through sampling.
 
@@ -20,12 +20,12 @@ import torch
 import torch.nn as nn
 
 from sar_core.generator import unwrap
-from sar_core.sampling import SamplingConfig, sample_tokens
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig, sample_tokens
 
 
 @dataclass(frozen=True)
-class RolloutSampler:
+class RolloutDraw:
     """Draws tokens from logits: `argmax`, `stochastic` (temperature, top-k, top-p) or `cfg`
     (the same, from guided logits (1+w)*cond - w*uncond with w on the settings' ramp)."""
 
@@ -81,9 +81,9 @@ def predict(model, label_B, x_BlCv, schedule, guided: bool) -> tuple[torch.Tenso
     return both.chunk(2)
 
 
-def draw_scales(sampler: RolloutSampler, cond_BLV, uncond_BLV, schedule: ScaleSchedule, num_scales: int, rng=None):
+def draw_scales(draw: RolloutDraw, cond_BLV, uncond_BLV, schedule: ScaleSchedule, num_scales: int, rng=None):
     """Draw all scales of a (prefix) schedule at once -> list of (B, h_i^2) token maps."""
-    idx = sampler(cond_BLV.detach(), uncond_BLV, schedule.scale_index(cond_BLV.device), num_scales, rng)
+    idx = draw(cond_BLV.detach(), uncond_BLV, schedule.scale_index(cond_BLV.device), num_scales, rng)
     return schedule.split(idx)
 
 
@@ -107,7 +107,7 @@ def stagger_scale_rollout(
     x_tf_BlCv: torch.Tensor,
     schedule: ScaleSchedule,
     graded: range,
-    sampler: RolloutSampler,
+    draw: RolloutDraw,
     depth: int = 1,
     context: str = "full",
     sample_graded: bool = False,
@@ -126,14 +126,14 @@ def stagger_scale_rollout(
     N, top = len(schedule), graded.stop - 1
     sub = prefix(schedule, top + 1 if sample_graded else top)
     uncond = None
-    if sampler.guided:
+    if draw.guided:
         uncond = predict(model, null_labels(model, label_B), crop_inputs(x_tf_BlCv, sub), sub, guided=False)[0]
-    teacher_samples = draw_scales(sampler, teacher_logits_BLV[:, : sub.num_tokens], uncond, sub, N, rng)
+    teacher_samples = draw_scales(draw, teacher_logits_BLV[:, : sub.num_tokens], uncond, sub, N, rng)
     inputs = teacher_samples[:top]
     feed = prefix(schedule, top)
     for _ in range(depth - 1):
-        cond, uncond = predict(model, label_B, shifted_inputs(model, inputs, feed), feed, sampler.guided)
-        inputs = draw_scales(sampler, cond, uncond, feed, N, rng)
+        cond, uncond = predict(model, label_B, shifted_inputs(model, inputs, feed), feed, draw.guided)
+        inputs = draw_scales(draw, cond, uncond, feed, N, rng)
     return StudentRollout(graded, student_pass(model, label_B, inputs, schedule, graded, context), inputs, teacher_samples)
 
 
@@ -156,19 +156,19 @@ def sequential_rollout(
     tokens: Sequence[torch.Tensor],
     schedule: ScaleSchedule,
     start: int,
-    sampler: RolloutSampler,
+    draw: RolloutDraw,
     rng: torch.Generator | None = None,
 ) -> list[torch.Tensor]:
     """Naive student forcing: replace the token maps of scales start..N-2 by the model's own draws,
     one scale at a time, each predicted from the maps before it (ground truth below `start`, own
-    draws from `start` on). This is inference (`sar_core.sampler.generate`) seeded with ground truth
+    draws from `start` on). This is inference (`sar_core.generation.generate`) seeded with ground truth
     below `start`; each step is one pass over the scales so far. Returns the N-1 input maps."""
     tokens = list(tokens[: len(schedule) - 1])
     N = len(schedule)
     for i in range(start, N - 1):
         sub = prefix(schedule, i + 1)
-        cond, uncond = predict(model, label_B, shifted_inputs(model, tokens, sub), sub, sampler.guided)
+        cond, uncond = predict(model, label_B, shifted_inputs(model, tokens, sub), sub, draw.guided)
         last = sub.slices[i]
         uncond_i = None if uncond is None else uncond[:, last]
-        tokens[i] = sampler(cond[:, last], uncond_i, torch.full((sub.token_counts[i],), i, device=cond.device), N, rng)
+        tokens[i] = draw(cond[:, last], uncond_i, torch.full((sub.token_counts[i],), i, device=cond.device), N, rng)
     return tokens

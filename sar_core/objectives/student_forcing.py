@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from sar_core.objectives.rollout import RolloutSampler, crop_inputs, draw_scales, predict, prefix, sequential_rollout
+from sar_core.objectives.rollout import RolloutDraw, crop_inputs, draw_scales, predict, prefix, sequential_rollout
 from sar_core.schedule import ScaleSchedule
 
 
@@ -39,12 +39,12 @@ def interleaved_inputs(ground_truth: Sequence[torch.Tensor], drawn: Sequence[tor
 
 
 def student_forced_inputs(kind: str, model, label_B: torch.Tensor, ground_truth: Sequence[torch.Tensor],
-                          x_tf_BlCv: torch.Tensor, schedule: ScaleSchedule, sampler: RolloutSampler,
+                          x_tf_BlCv: torch.Tensor, schedule: ScaleSchedule, draw: RolloutDraw,
                           hybrid_scale: int, rng: torch.Generator | None = None) -> list[torch.Tensor]:
     """The N-1 token maps that feed scales 2..N under a naive student-forcing schedule."""
     if kind == "sf_interleave":
         sub = prefix(schedule, len(schedule) - 1)
-        cond, uncond = predict(model, label_B, crop_inputs(x_tf_BlCv, sub), sub, sampler.guided)
-        return interleaved_inputs(ground_truth, draw_scales(sampler, cond, uncond, sub, len(schedule), rng))
+        cond, uncond = predict(model, label_B, crop_inputs(x_tf_BlCv, sub), sub, draw.guided)
+        return interleaved_inputs(ground_truth, draw_scales(draw, cond, uncond, sub, len(schedule), rng))
     start = hybrid_start(schedule, hybrid_scale) if kind == "sf_hybrid" else 0
-    return sequential_rollout(model, label_B, ground_truth, schedule, start, sampler, rng)
+    return sequential_rollout(model, label_B, ground_truth, schedule, start, draw, rng)

@@ -7,10 +7,10 @@ from sar_core.checkpoint import CheckpointError, load_model
 from sar_core.flexvar_import import (
     GENERATOR_RULES, TOKENIZER_RULES, generator_config_from, import_flexvar, rename, tokenizer_config_from,
 )
+from sar_core.generation import generate
 from sar_core.generator import ScaleGenerator
-from sar_core.sampler import generate
-from sar_core.sampling import SamplingConfig
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import MultiScaleVQ
 from tests.sar_core.flexvar_layout import generator_layout, vqvae_layout
 

@@ -8,8 +8,8 @@ from pydantic import Field, field_validator, model_validator
 from sar_core.eval.config import MetricConfig
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
-from sar_core.sampling import SamplingConfig
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from sar_core.checkpoint import load_state_strict, read_tensors, save_model
+from sar_core.data.order import batch_indices
 from sar_core.schedule import ScaleSchedule
 from sar_core.tokenizer import MultiScaleVQ, codebook_perplexity
 from sar_platform.data import image_source
 from sar_platform.worker import loop
-from sar_platform.worker.batches import batch_indices
 
 CHECKPOINT_FILE = "tokenizer.safetensors"
 

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from sar_core import paths
 from sar_core.data import fashion_mnist as fm
 from sar_core.data.fashion_mnist import DataNotFoundError, FashionMNISTConfig
 
@@ -18,11 +19,11 @@ def test_real_files_load_with_the_documented_shapes():
 
 def test_search_order_cache_before_debian(tmp_path, monkeypatch):
     monkeypatch.setenv("SAR_DATA_CACHE", str(tmp_path))
-    assert fm.find_root() == fm.DEBIAN_ROOT  # nothing in the empty cache
-    shutil.copytree(fm.DEBIAN_ROOT, tmp_path / "fashion-mnist")
+    assert fm.find_root() == paths.DEBIAN_FASHION_MNIST  # nothing in the empty cache
+    shutil.copytree(paths.DEBIAN_FASHION_MNIST, tmp_path / "fashion-mnist")
     assert fm.find_root() == tmp_path / "fashion-mnist"
-    assert FashionMNISTConfig(root=str(fm.DEBIAN_ROOT)).find_root() == fm.DEBIAN_ROOT  # an explicit root wins
-    shutil.copytree(fm.DEBIAN_ROOT, tmp_path / "elsewhere")
+    assert FashionMNISTConfig(root=str(paths.DEBIAN_FASHION_MNIST)).find_root() == paths.DEBIAN_FASHION_MNIST  # an explicit root wins
+    shutil.copytree(paths.DEBIAN_FASHION_MNIST, tmp_path / "elsewhere")
     monkeypatch.setenv("SAR_DATA_ROOT", str(tmp_path / "elsewhere"))
     assert fm.find_root() == tmp_path / "elsewhere"  # $SAR_DATA_ROOT before the cache
     monkeypatch.setenv("SAR_DATA_ROOT", str(tmp_path / "nowhere"))
@@ -32,7 +33,7 @@ def test_search_order_cache_before_debian(tmp_path, monkeypatch):
 
 def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("SAR_DATA_CACHE", str(tmp_path))
-    monkeypatch.setattr(fm, "DEBIAN_ROOT", tmp_path / "no-debian")
+    monkeypatch.setattr(paths, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     with pytest.raises(DataNotFoundError) as e:
         FashionMNISTConfig().load("train")
     msg = str(e.value)
@@ -43,9 +44,9 @@ def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
 
 def test_download_flag_fetches_from_a_mirror(tmp_path, monkeypatch):
     """download=True goes to the mirrors (here a local folder standing in for one); download=False never does."""
-    real = fm.DEBIAN_ROOT
+    real = paths.DEBIAN_FASHION_MNIST
     monkeypatch.setenv("SAR_DATA_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(fm, "DEBIAN_ROOT", tmp_path / "no-debian")
+    monkeypatch.setattr(paths, "DEBIAN_FASHION_MNIST", tmp_path / "no-debian")
     monkeypatch.setattr(fm, "MIRRORS", ("http://127.0.0.1:9/unreachable/", real.as_uri() + "/"))
     with pytest.raises(DataNotFoundError):
         FashionMNISTConfig(download=False).find_root()

@@ -21,7 +21,7 @@ def test_trajectory_marks_forced_scales(tmp_path, tokenizer, schedule):
     x, _ = FashionMNISTConfig().load("test", limit=3)
     with torch.no_grad():
         maps = tokenizer.tokenize(x, schedule)
-        from sar_core.sampler import decode_scales
+        from sar_core.generation import decode_scales
 
         scale_images = decode_scales(tokenizer, maps, 28)
     path = F.trajectory_figure(scale_images, schedule.scales, tmp_path / "traj.png", forced=2, row_titles=["a", "b", "c"])

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+from sar_core import paths
 from sar_core.data import fashion_mnist as fm
 from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.eval import fmnist_classifier as C
@@ -45,7 +46,7 @@ def test_the_cache_key_follows_data_and_recipe(tmp_path):
     assert C.cache_key(C.ClassifierRecipe(seed=1), FashionMNISTConfig()) != default
     assert C.cache_key(C.ClassifierRecipe(train_images=1000), FashionMNISTConfig()) != default
     # The same data recompressed is the same data; one changed label is not.
-    shutil.copytree(fm.DEBIAN_ROOT, tmp_path / "copy")
+    shutil.copytree(paths.DEBIAN_FASHION_MNIST, tmp_path / "copy")
     labels = tmp_path / "copy" / fm.FILES["test"][1]
     raw = gzip.decompress(labels.read_bytes())
     labels.write_bytes(gzip.compress(raw, compresslevel=1))

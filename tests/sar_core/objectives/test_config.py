@@ -4,7 +4,7 @@ import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sar_core.objectives import OBJECTIVE_PRESETS, ObjectiveConfig, merge_preset
-from sar_core.sampling import SamplingConfig
+from sar_core.token_sampling import SamplingConfig
 
 
 def test_presets_name_the_paper_and_the_released_code():

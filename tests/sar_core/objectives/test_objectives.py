@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sar_core.objectives import ObjectiveConfig, build_objective
-from sar_core.sampling import SamplingConfig
 from sar_core.schedule import ScaleSchedule, ScheduleDraw
+from sar_core.token_sampling import SamplingConfig
 
 from .conftest import Recorder, make_batch
 

@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
 
-from sar_core.objectives import ObjectiveConfig, RolloutSampler, build_objective, stagger_scale_rollout
-from sar_core.sampling import SamplingConfig, filter_logits
+from sar_core.objectives import ObjectiveConfig, RolloutDraw, build_objective, stagger_scale_rollout
+from sar_core.token_sampling import SamplingConfig, filter_logits
 
 from .conftest import hand_inputs, hand_upsample
 
@@ -89,7 +89,7 @@ def test_stochastic_draws_respect_top_k_and_top_p(generator_model, batch):
     x = generator_model.scale_inputs(tokens, schedule)
     logits = generator_model(labels, x, schedule)
     for settings in (SamplingConfig(cfg=0.0, top_k=3, top_p=0.0), SamplingConfig(cfg=0.0, top_k=0, top_p=0.5)):
-        sampler = RolloutSampler("stochastic", settings)
+        sampler = RolloutDraw("stochastic", settings)
         ssr = stagger_scale_rollout(generator_model, labels, logits, x, schedule, range(4, 5), sampler, sample_graded=True,
                                     rng=torch.Generator().manual_seed(0))
         drawn = torch.cat(ssr.teacher_samples, dim=1)

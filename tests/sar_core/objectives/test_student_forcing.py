@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sar_core import ScaleGenerator, ScaleSchedule, generate
-from sar_core.objectives import ObjectiveConfig, RolloutSampler, build_objective, sequential_rollout
-from sar_core.sampling import SamplingConfig
+from sar_core.objectives import ObjectiveConfig, RolloutDraw, build_objective, sequential_rollout
+from sar_core.token_sampling import SamplingConfig
 
 from .conftest import Recorder, hand_inputs, hand_upsample
 
@@ -18,7 +18,7 @@ def run(model, batch, kind, seed=0, step=1, **config):
 def test_full_rollout_draws_what_the_sampler_draws(generator_model, batch, settings):
     strategy = "cfg" if settings.cfg else "stochastic"
     rolled = sequential_rollout(generator_model, batch.labels, batch.token_maps(), batch.schedule, 0,
-                                RolloutSampler(strategy, settings), torch.Generator().manual_seed(5))
+                                RolloutDraw(strategy, settings), torch.Generator().manual_seed(5))
     sampled = generate(generator_model, None, batch.labels, batch.schedule, settings, rng=torch.Generator().manual_seed(5))
     for mine, theirs in zip(rolled, sampled.token_maps[:-1]):
         assert torch.equal(mine, theirs.flatten(1))

@@ -10,8 +10,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sar_core.generator import KVCache, ScaleGenerator
-from sar_core.sampling import SamplingConfig, guided_logits, sample_tokens
 from sar_core.schedule import ScaleSchedule
+from sar_core.token_sampling import SamplingConfig, guided_logits, sample_tokens
 from sar_core.tokenizer import MultiScaleVQ
 
 
