@@ -66,7 +66,7 @@ def ray_local():
     started once for the whole session: Ray allows one per process."""
     import ray
 
-    from sar_platform.ray_env import repository_runtime_env
+    from sar_platform.services.ray_env import repository_runtime_env
 
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
              runtime_env=repository_runtime_env(REPO), configure_logging=False)

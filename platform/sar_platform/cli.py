@@ -1,4 +1,9 @@
-"""The `sar` command line: validate, run, submit, browse and score SAR jobs."""
+"""The `sar` command line: validate, run, submit, browse and score SAR jobs.
+
+Runs in the `sar` process. Each subcommand is one `add_<command>` (its arguments) and one
+`cmd_<command>` (what it does); heavy modules are imported by the command that needs them, so
+`sar validate` answers in a second.
+"""
 from __future__ import annotations
 
 import argparse
@@ -53,21 +58,21 @@ def cmd_run(args) -> int:
 
 def cmd_submit(args) -> int:
     (job,) = _load([args.spec])
-    from sar_platform.submit import submit_job
+    from sar_platform.driver.submit import submit_job
 
     return submit_job(job, Path(args.spec), args.address, resume=args.resume, wait=not args.no_wait)
 
 
 def cmd_ui(args) -> int:
-    from sar_platform.mlflow_server import ensure_server, stop_server
-    from sar_platform.storage import Workspace
+    from sar_platform.services.mlflow_server import ensure_server, stop_server
+    from sar_platform.services.storage import Workspace
 
     if args.spec:
         (job,) = _load([args.spec])
         if job.mlflow.tracking_uri:
             print(f"this spec tracks to {job.mlflow.tracking_uri}; open that server's UI")
             return 0
-        root, port = Workspace(job.storage.path, job.storage.s3_endpoint).mlflow_root(), job.mlflow.port
+        root, port = Workspace.of(job.storage).mlflow_root(), job.mlflow.port
     else:
         root, port = Workspace(str(Path(args.workspace).resolve())).mlflow_root(), args.port
     if args.stop:
@@ -79,14 +84,14 @@ def cmd_ui(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from sar_platform.adhoc import score_checkpoint
+    from sar_platform.driver.adhoc import score_checkpoint
 
     score_checkpoint(args)
     return 0
 
 
 def cmd_sample(args) -> int:
-    from sar_platform.adhoc import sample_checkpoint
+    from sar_platform.driver.adhoc import sample_checkpoint
 
     sample_checkpoint(args)
     return 0
@@ -112,17 +117,18 @@ def cmd_data(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sar", description="Self-Autoregressive Refinement on Ray + MLflow")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check job specs (exit 2 with file:line:col errors)")
     p.add_argument("specs", nargs="+", metavar="SPEC")
     p.set_defaults(func=cmd_validate)
 
+
+def add_schema(sub) -> None:
     p = sub.add_parser("schema", help="print the JSON Schema of job specs (for editor completion)")
     p.set_defaults(func=cmd_schema)
 
+
+def add_run(sub) -> None:
     p = sub.add_parser("run", help="run a job spec on local embedded Ray (or an existing cluster with --address)")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--address", help="connect to this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
@@ -130,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.set_defaults(func=cmd_run)
 
+
+def add_submit(sub) -> None:
     p = sub.add_parser("submit", help="submit a job spec to a Ray cluster through the Ray Jobs API")
     p.add_argument("spec", metavar="SPEC")
     p.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://127.0.0.1:8265")
@@ -137,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following the logs")
     p.set_defaults(func=cmd_submit)
 
+
+def add_ui(sub) -> None:
     p = sub.add_parser("ui", help="start (or find) the MLflow server of a workspace and print its URL")
     p.add_argument("spec", nargs="?", help="use this spec's storage and MLflow settings")
     p.add_argument("--workspace", default="workspace")
@@ -144,30 +154,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
     p.set_defaults(func=cmd_ui)
 
-    for name, func, helptext in (("sample", cmd_sample, "generate images from a checkpoint into a PNG grid / npz"),
-                                 ("eval", cmd_eval, "score a checkpoint: FID, IS, precision, recall")):
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--generator", required=True, help="generator .safetensors")
-        p.add_argument("--tokenizer", required=True, help="tokenizer .safetensors")
-        p.add_argument("--schedule", help="scales, e.g. 1,2,3,4,5,7 (default: 1..latent size)")
-        p.add_argument("--cfg", type=float, default=2.5)
-        p.add_argument("--top-k", type=int, default=900)
-        p.add_argument("--top-p", type=float, default=0.96)
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--device", default="auto", help="cuda, cpu or auto")
-        if name == "sample":
-            p.add_argument("--labels", default="", help="comma-separated classes (default: 8 of each class)")
-            p.add_argument("--npz", action="store_true", help="also write the NHWC uint8 .npz the ADM evaluator reads")
-        else:
-            p.add_argument("--num-samples", type=int, default=1000)
-            p.add_argument("--feature-network", choices=["fmnist_classifier", "inception"], default="fmnist_classifier")
-            p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --feature-network inception)")
-            p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
-            p.add_argument("--dataset", choices=["fashion_mnist", "image_folder"], default="fashion_mnist")
-            p.add_argument("--data-root", help="the data set's folder (image_folder: holds <split>/<class>/)")
-        p.set_defaults(func=func)
 
+def add_checkpoint_arguments(p) -> None:
+    """What `sar sample` and `sar eval` share: the checkpoints and how to generate from them."""
+    p.add_argument("--generator", required=True, help="generator .safetensors")
+    p.add_argument("--tokenizer", required=True, help="tokenizer .safetensors")
+    p.add_argument("--schedule", help="scales, e.g. 1,2,3,4,5,7 (default: 1..latent size)")
+    p.add_argument("--cfg", type=float, default=2.5)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto")
+
+
+def add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="generate images from a checkpoint into a PNG grid / npz")
+    add_checkpoint_arguments(p)
+    p.add_argument("--labels", default="", help="comma-separated classes (default: 8 of each class)")
+    p.add_argument("--npz", action="store_true", help="also write the NHWC uint8 .npz the ADM evaluator reads")
+    p.set_defaults(func=cmd_sample)
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="score a checkpoint: FID, IS, precision, recall")
+    add_checkpoint_arguments(p)
+    p.add_argument("--num-samples", type=int, default=1000)
+    p.add_argument("--feature-network", choices=["fmnist_classifier", "inception"], default="fmnist_classifier")
+    p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --feature-network inception)")
+    p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
+    p.add_argument("--dataset", choices=["fashion_mnist", "image_folder"], default="fashion_mnist")
+    p.add_argument("--data-root", help="the data set's folder (image_folder: holds <split>/<class>/)")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_import_flexvar(sub) -> None:
     p = sub.add_parser("import-flexvar", help="convert published FlexVAR weights into sar-platform checkpoints")
     p.add_argument("--generator", required=True, help="FlexVAR generator .pth (e.g. FlexVARd16-epo179.pth)")
     p.add_argument("--vqvae", required=True, help="FlexVAR VQ-VAE .pth (FlexVAE.pth)")
@@ -175,11 +196,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=256)
     p.set_defaults(func=cmd_import_flexvar)
 
+
+def add_data(sub) -> None:
     p = sub.add_parser("data", help="locate (or download) Fashion-MNIST")
     p.add_argument("dataset", choices=["fashion-mnist"])
     p.add_argument("--root", help="a folder holding the four .gz files")
     p.add_argument("--download", action="store_true", help="download from the official mirror into the data cache")
     p.set_defaults(func=cmd_data)
+
+
+SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_ui, add_sample, add_eval, add_import_flexvar, add_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sar", description="Self-Autoregressive Refinement on Ray + MLflow")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 

@@ -10,7 +10,7 @@ import torch
 
 from sar_core import MultiScaleVQ, save_model
 from sar_core.data.fashion_mnist import load_tensors
-from sar_platform.mlflow_server import ensure_server, stop_server
+from sar_platform.services.mlflow_server import ensure_server, stop_server
 from tests.conftest import REPO, TINY_TOKENIZER
 
 

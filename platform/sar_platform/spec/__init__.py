@@ -1,5 +1,8 @@
 """Job specs: YAML -> one validated, immutable tree (pydantic v2; sar_core's config dataclasses are
-embedded as they are, so every model/objective/sampler field is validated by the class that uses it)."""
+embedded as they are, so every model/objective/sampling field is validated by the class that uses it).
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
 from pathlib import Path

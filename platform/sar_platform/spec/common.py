@@ -1,10 +1,13 @@
-"""Spec pieces every job kind shares: resources, storage, MLflow, and step references."""
+"""Spec pieces every job kind shares: resources, storage, MLflow, and step references.
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -75,3 +78,30 @@ class JobCommon(StrictModel):
     mlflow: MLflowSpec = MLflowSpec()
     max_failures: int = Field(0, ge=-1)
     """Worker-group failures Ray Train retries from the latest checkpoint (-1: forever)."""
+
+    references: ClassVar[dict[str, str]] = {}
+    """Fields that may hold `step:<name>` -> the output of the named step they take."""
+
+    def step_references(self) -> list[tuple[str, str]]:
+        """(field path, `step:<name>`) of every field that refers to an earlier pipeline step."""
+        return [(field, value) for field in self.references
+                if isinstance(value := getattr(self, field), str) and STEP_REF.match(value)]
+
+    def resolve(self, outputs: dict[str, dict]):
+        """This job with every `step:<name>` replaced by what that step produced (`outputs`: the
+        outputs.json of each finished step, by step name)."""
+        update = {}
+        for field, ref in self.step_references():
+            key, produced = self.references[field], outputs[STEP_REF.match(ref).group(1)]
+            if key not in produced:
+                raise ValueError(f"step {self.name}: {field}: {ref} produced no {key} (it produced {sorted(produced)})")
+            update[field] = produced[key]
+        return self.model_copy(update=update)
+
+    def run_names(self, prefix: str = "") -> list[str]:
+        """Every run directory the job creates under the workspace's runs/ (known before it starts)."""
+        return [f"{prefix}{self.name}"]
+
+    def inner_jobs(self) -> list[tuple[str, "JobCommon"]]:
+        """(field prefix, job) of the jobs this one contains (a pipeline's steps, a sweep's train)."""
+        return []

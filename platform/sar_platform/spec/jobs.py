@@ -1,10 +1,16 @@
-"""The job kinds: tokenizer, train, eval, sweep, pipeline. One validated tree per YAML file."""
+"""The job kinds: tokenizer, train, eval, sweep, pipeline. One validated tree per YAML file.
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
+from sar_core.data.dataset import ImageDataset, SplitImages
+from sar_core.data.fashion_mnist import FashionMNISTConfig
+from sar_core.data.image_folder import ImageFolderConfig
 from sar_core.eval.config import MetricConfig
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
@@ -12,7 +18,11 @@ from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
+from sar_platform.spec.overrides import check_sweep
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec
+
+Precision = Literal["auto", "fp32", "bf16"]
+"""auto: bf16 autocast on GPU workers, fp32 on CPU."""
 
 
 class DataSpec(StrictModel):
@@ -37,6 +47,17 @@ class DataSpec(StrictModel):
         if self.dataset != "fashion_mnist" and self.download:
             raise ValueError("data.download only applies to fashion_mnist")
         return self
+
+    def image_dataset(self, image_size: int | None = None) -> ImageDataset:
+        """The sar_core data set. `image_size`: the tokenizer's input size, which an image folder
+        crops to (None: its default, enough to look at the files)."""
+        if self.dataset == "fashion_mnist":
+            return FashionMNISTConfig(root=self.root, download=self.download)
+        return ImageFolderConfig(root=self.root, **({} if image_size is None else {"image_size": image_size}))
+
+    def images(self, split: str, image_size: int) -> SplitImages:
+        """A split's images at the tokenizer's input size (the training split cut to `limit`)."""
+        return self.image_dataset(image_size).images(split, image_size, self.limit if split == "train" else None)
 
 
 class ScoringSpec(StrictModel):
@@ -65,11 +86,12 @@ class TokenizerJob(JobCommon):
     log: LogSpec = LogSpec()
     eval_images: int = Field(512, ge=1)
     """Held-out test images for the final reconstruction error and codebook usage."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
 
 
 class TrainJob(JobCommon):
     kind: Literal["train"]
+    references: ClassVar[dict[str, str]] = {"tokenizer": "tokenizer", "init_from": "generator"}
     tokenizer: PathOrURI
     """The tokenizer checkpoint (.safetensors) or `step:<name>` of a pipeline tokenizer step."""
     init_from: PathOrURI | None = None
@@ -83,8 +105,7 @@ class TrainJob(JobCommon):
     checkpoint: CheckpointSpec = CheckpointSpec()
     log: LogSpec = LogSpec()
     eval: EvalSpec = EvalSpec()
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """auto: bf16 autocast on GPU workers, fp32 on CPU."""
+    precision: Precision = "auto"
 
     @model_validator(mode="after")
     def _model_xor_init(self):
@@ -97,6 +118,7 @@ class TrainJob(JobCommon):
 
 class EvalJob(JobCommon):
     kind: Literal["eval"]
+    references: ClassVar[dict[str, str]] = {"generator": "generator", "tokenizer": "tokenizer"}
     generator: PathOrURI
     tokenizer: PathOrURI
     schedule: tuple[int, ...]
@@ -104,8 +126,7 @@ class EvalJob(JobCommon):
     eval: ScoringSpec = ScoringSpec()
     data: DataSpec = DataSpec()
     """The data set whose real images are the reference (metrics.reference picks the split)."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-
+    precision: Precision = "auto"
 
     @field_validator("schedule")
     @classmethod
@@ -188,11 +209,17 @@ class SweepJob(JobCommon):
 
     @model_validator(mode="after")
     def _check_space(self):
-        from sar_platform.spec.overrides import check_sweep
-
         check_sweep(self)
         return self
 
+    def step_references(self) -> list[tuple[str, str]]:
+        return [(f"train.{field}", ref) for field, ref in self.train.step_references()]
+
+    def resolve(self, outputs: dict[str, dict]):
+        return self.model_copy(update={"train": self.train.resolve(outputs)})
+
+    def inner_jobs(self) -> list[tuple[str, JobCommon]]:
+        return [("train.", self.train)]
 
 
 Step = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob], Field(discriminator="kind")]
@@ -226,7 +253,7 @@ class PipelineJob(JobCommon):
     def _references(self):
         seen: list[str] = []
         for name, step in self.steps.items():
-            for field, ref in step_references(step):
+            for field, ref in step.step_references():
                 target = STEP_REF.match(ref).group(1)
                 if target not in seen:
                     raise ValueError(f"steps.{name}.{field}: {ref} does not name an earlier step (earlier: {seen or 'none'})")
@@ -236,12 +263,11 @@ class PipelineJob(JobCommon):
                 raise ValueError(f"compare: {name!r} is not a step")
         return self
 
+    def run_names(self, prefix: str = "") -> list[str]:
+        return [n for step in self.steps.values() for n in step.run_names(f"{prefix}{self.name}.")]
 
-def step_references(step) -> list[tuple[str, str]]:
-    fields = {"tokenizer", "init_from", "generator"}
-    if isinstance(step, SweepJob):
-        return [(f"train.{k}", ref) for k, ref in step_references(step.train)]
-    return [(k, v) for k in fields if isinstance(v := getattr(step, k, None), str) and STEP_REF.match(v)]
+    def inner_jobs(self) -> list[tuple[str, JobCommon]]:
+        return [(f"steps.{name}.", step) for name, step in self.steps.items()]
 
 
 Job = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob, PipelineJob], Field(discriminator="kind")]

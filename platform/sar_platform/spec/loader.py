@@ -1,17 +1,16 @@
-"""Reading YAML job specs: safe loading, validation, and errors that point at `file:line:column`."""
+"""Reading YAML job specs: safe loading, validation, and errors that point at `file:line:column`.
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-
-UNIONS = (typing.Union, types.UnionType)
+from sar_platform.spec.typepaths import allowed_fields
 
 
 class SpecError(Exception):
@@ -49,63 +48,6 @@ def _yaml_path(loc: tuple, positions: dict[tuple, Any]) -> tuple:
     return path
 
 
-def _field_names(tp) -> list[str] | None:
-    tp = _unwrap(tp)
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return list(tp.model_fields)
-    if dataclasses.is_dataclass(tp):
-        return [f.name for f in dataclasses.fields(tp)]
-    return None
-
-
-def _unwrap(tp):
-    """Strip Annotated[...] and Optional[...] down to the type that has fields."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is typing.Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in UNIONS and type(None) in typing.get_args(tp) and len(typing.get_args(tp)) == 2:
-            tp = next(a for a in typing.get_args(tp) if a is not type(None))
-        else:
-            return tp
-
-
-def _child_type(tp, key):
-    """The declared type one step down the location `key`, or None where it cannot be followed."""
-    tp = _unwrap(tp)
-    origin = typing.get_origin(tp)
-    if origin in UNIONS:
-        for arg in typing.get_args(tp):  # discriminated unions: the tag names the member
-            names = _field_names(arg)
-            if names and "kind" in names and isinstance(key, str):
-                kind = _unwrap(arg).model_fields["kind"].annotation if issubclass(_unwrap(arg), BaseModel) else None
-                if kind is not None and key in typing.get_args(kind):
-                    return arg
-        return None
-    if origin is dict:
-        return typing.get_args(tp)[1]
-    if origin in (list, tuple):
-        return typing.get_args(tp)[0] if typing.get_args(tp) else None
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        field = tp.model_fields.get(key)
-        return field.annotation if field else None
-    if dataclasses.is_dataclass(tp):
-        hints = typing.get_type_hints(tp)
-        return hints.get(key)
-    return None
-
-
-def _allowed_fields(root, loc: tuple) -> list[str] | None:
-    tp = root
-    for part in loc:
-        nxt = _child_type(tp, part)
-        if nxt is None:
-            # a union tag or a dict key we could not follow: stay at this level
-            continue
-        tp = nxt
-    return _field_names(tp)
-
-
 def format_errors(err: ValidationError, positions: dict, source: str, root) -> list[str]:
     problems = []
     for e in err.errors(include_url=False):
@@ -115,7 +57,7 @@ def format_errors(err: ValidationError, positions: dict, source: str, root) -> l
         dotted = ".".join(str(p) for p in path) or "<top level>"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
-            allowed = _allowed_fields(root, loc[:-1])
+            allowed = allowed_fields(root, loc[:-1])
             msg = f"unknown field '{loc[-1]}'" + (f"; allowed here: {', '.join(allowed)}" if allowed else "")
         elif e["type"] == "missing":
             msg = "required field is missing"

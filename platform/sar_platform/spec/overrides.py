@@ -1,4 +1,7 @@
-"""Sweeps: setting spec fields by dotted path, checked against the train spec before any trial runs."""
+"""Sweeps: setting spec fields by dotted path, checked against the train spec before any trial runs.
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
 import copy
@@ -6,17 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sar_platform.spec.loader import _child_type, _field_names
-
-
-def field_exists(root_type, path: str) -> bool:
-    tp = root_type
-    for part in path.split("."):
-        names = _field_names(tp)
-        if names is None or part not in names:
-            return False
-        tp = _child_type(tp, part)
-    return True
+from sar_platform.spec.typepaths import field_exists
 
 
 def set_path(data: dict, path: str, value: Any) -> dict:
@@ -33,14 +26,12 @@ def set_path(data: dict, path: str, value: Any) -> dict:
 
 def trial_job(sweep, overrides: dict[str, Any], name: str | None = None):
     """The sweep's train job with `overrides` applied, validated like a spec file."""
-    from sar_platform.spec.jobs import TrainJob
-
     data = sweep.train.model_dump(mode="python", exclude_unset=True)
     for path, value in overrides.items():
         data = set_path(data, path, value)
     if name is not None:
         data["name"] = name
-    return TrainJob.model_validate(data)
+    return type(sweep.train).model_validate(data)
 
 
 def check_objective_field_read(path: str, objective) -> None:
@@ -57,10 +48,8 @@ def check_objective_field_read(path: str, objective) -> None:
 
 def check_sweep(sweep) -> None:
     """Every searched path names a field of the train spec and every candidate value validates."""
-    from sar_platform.spec.jobs import TrainJob
-
     for path, domain in sweep.space.items():
-        if not field_exists(TrainJob, path):
+        if not field_exists(type(sweep.train), path):
             raise ValueError(f"space.{path}: the train spec has no field {path!r}")
         for value in domain.candidates():
             try:

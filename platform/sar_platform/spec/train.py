@@ -1,4 +1,7 @@
-"""Training settings shared by the `tokenizer` and `train` job kinds."""
+"""Training settings shared by the `tokenizer` and `train` job kinds.
+
+Validation runs in the `sar` process when a spec is loaded; workers only read the validated tree.
+"""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal

@@ -1,4 +1,7 @@
-"""Training the scale-wise generator with any objective (tf / sar / sf_*) on a Ray Train worker."""
+"""Training the scale-wise generator with any objective (tf / sar / sf_*): the `train` job's worker.
+
+Runs inside Ray Train workers.
+"""
 from __future__ import annotations
 
 import random
@@ -11,9 +14,11 @@ import torch.nn as nn
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
 from sar_core.generator import ScaleGenerator, unwrap
 from sar_core.objectives import TokenBatch, build_objective
-from sar_platform.evaluation import evaluate_generator
-from sar_platform.storage import Workspace
+from sar_platform.services.inputs import TrainInputs
+from sar_platform.services.storage import Workspace
 from sar_platform.worker import loop
+from sar_platform.worker.batches import first_rows, token_batches
+from sar_platform.worker.evaluation import evaluate_generator
 
 CHECKPOINT_FILE = "generator.safetensors"
 
@@ -29,9 +34,9 @@ def compatible(model: ScaleGenerator, tokenizer) -> None:
 
 
 class GeneratorTask:
-    def __init__(self, job, inputs):
+    def __init__(self, job, inputs: TrainInputs):
         self.job, self.inputs, self.name = job, inputs, job.name
-        self.workspace = Workspace(job.storage.path, job.storage.s3_endpoint)
+        self.workspace = Workspace.of(job.storage)
         self.objective = build_objective(job.objective)
         self.draw = job.schedule.draw() if job.schedule.random else None
 
@@ -55,7 +60,7 @@ class GeneratorTask:
         return self.draw(random.Random(self.job.seed * 1_000_003 + step))
 
     def batches(self, rank: int, world: int, start_step: int):
-        source = self.inputs.shards.batches(self.job, rank, world, start_step, self.device)
+        source = token_batches(self.inputs.shards, self.job, rank, world, start_step, self.device)
         for step, (labels, tokens_BT) in enumerate(source, start=start_step):
             schedule = self.schedule(step)
             yield TokenBatch(labels, self.inputs.shards.select(tokens_BT, schedule), schedule)
@@ -76,7 +81,7 @@ class GeneratorTask:
                                   trace_batch=self.trace_batch())
 
     def trace_batch(self) -> TokenBatch:
-        labels, tokens = self.inputs.shards.first_rows(8, self.device)
+        labels, tokens = first_rows(self.inputs.shards, 8, self.device)
         schedule = self.job.schedule.default
         return TokenBatch(labels, self.inputs.shards.select(tokens, schedule), schedule)
 

@@ -5,6 +5,8 @@ loop owns everything else once: optimizer and learning-rate schedule, autocast, 
 metric averaging across ranks, progress lines, MLflow logging on rank 0, `ray.train.report` (a
 collective: every rank calls it equally often) with checkpoints, and resuming from the latest
 checkpoint after a worker-group retry or `sar run --resume`.
+
+Runs inside Ray Train workers.
 """
 from __future__ import annotations
 
@@ -23,8 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from sar_core.eval import HEADLINE_METRICS
+from sar_platform.services.tracking import RunHandle
 from sar_platform.spec.train import OptimSpec
-from sar_platform.tracking import RunHandle
+from sar_platform.worker.evaluation import artifact_folder
 
 TRAIN_STATE = "train_state.pt"
 
@@ -136,7 +140,23 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> None:
+@dataclass
+class Training:
+    """One worker's training state."""
+
+    task: Task
+    model: nn.Module
+    ddp_model: nn.Module  # the model wrapped for data-parallel gradients (itself on one worker)
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    device: torch.device
+    rank: int
+    world: int
+    start: int  # the first step to take (> 0 after a resume)
+
+
+def setup(task: Task, settings: LoopSettings, optim: OptimSpec) -> Training:
+    """Build the model and optimizer, restoring them from the latest checkpoint if there is one."""
     # Ray Train logs every report at INFO through a logger hanging off the root one; our progress
     # lines already say it, once.
     logging.getLogger().setLevel(logging.WARNING)
@@ -144,7 +164,6 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(settings.seed * 1000 + rank)
-
     model = task.build(device)
     opt = build_optimizer(model, optim, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(optim, settings.steps, s))
@@ -156,49 +175,61 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
         if rank == 0:
             print(f"[{task.name}] resuming from step {start}", flush=True)
     ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+    return Training(task, model, ddp_model, opt, sched, device, rank, world, start)
 
-    window, t_last, s_last = MetricWindow(), time.perf_counter(), start
-    batches = task.batches(rank, world, start)
-    for step in range(start, settings.steps):
-        model.train()
+
+def train_step(t: Training, batch, step: int, optim: OptimSpec, precision: str) -> dict[str, float]:
+    t.model.train()
+    with autocast(t.device, precision):
+        loss, metrics = t.task.loss(t.ddp_model, batch, step)
+    t.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if optim.grad_clip > 0:
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), optim.grad_clip))
+    t.opt.step()
+    t.sched.step()
+    return metrics
+
+
+def evaluate(t: Training, done: int, final: bool, precision: str, handle: RunHandle | None) -> dict[str, float]:
+    """The task's evaluation (collective); rank 0 logs its figures and samples."""
+    with autocast(t.device, precision):
+        metrics, artifacts = t.task.evaluate(t.model, done, final)
+    if t.rank == 0 and handle is not None:
+        for path in artifacts:
+            handle.log_artifact(path, f"{artifact_folder(path)}/step_{done:07d}")
+    return metrics
+
+
+def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> None:
+    t = setup(task, settings, optim)
+    window, t_last, s_last = MetricWindow(), time.perf_counter(), t.start
+    batches = task.batches(t.rank, t.world, t.start)
+    for step in range(t.start, settings.steps):
         batch = next(batches)
-        with autocast(device, settings.precision):
-            loss, metrics = task.loss(ddp_model, batch, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if optim.grad_clip > 0:
-            metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip))
-        opt.step()
-        sched.step()
-        window.add(metrics)
-
+        window.add(train_step(t, batch, step, optim, settings.precision))
         done = step + 1
         final = done == settings.steps
         diagnose = settings.diagnostics_every and done % settings.diagnostics_every == 0
-        evaluate = (settings.eval_every and done % settings.eval_every == 0 and not final) or (final and settings.eval_at_end)
+        evaluate_now = (settings.eval_every and done % settings.eval_every == 0 and not final) or (final and settings.eval_at_end)
         save = done % settings.checkpoint_every == 0 or final
-        if not (done % settings.log_every == 0 or diagnose or evaluate or save):
+        if not (done % settings.log_every == 0 or diagnose or evaluate_now or save):
             continue
 
         report = window.pop()
         if diagnose:
-            with autocast(device, settings.precision):
-                report.update(task.diagnostics(ddp_model, batch, step))
-        report = mean_across_ranks(report, world)
+            with autocast(t.device, settings.precision):
+                report.update(task.diagnostics(t.ddp_model, batch, step))
+        report = mean_across_ranks(report, t.world)
         elapsed = time.perf_counter() - t_last
-        report.update(step=done, lr=sched.get_last_lr()[0], steps_per_s=(done - s_last) / max(elapsed, 1e-9))
-        if evaluate:
-            with autocast(device, settings.precision):
-                eval_metrics, artifacts = task.evaluate(model, done, final)
-            report.update(eval_metrics)
-            if rank == 0 and handle is not None:
-                for path in artifacts:
-                    handle.log_artifact(path, f"{'figures' if path.suffix == '.png' else 'samples'}/step_{done:07d}")
-        if rank == 0:
+        report.update(step=done, lr=t.sched.get_last_lr()[0], steps_per_s=(done - s_last) / max(elapsed, 1e-9))
+        if evaluate_now:
+            report.update(evaluate(t, done, final, settings.precision, handle))
+        if t.rank == 0:
             if handle is not None:
                 handle.log_metrics(report, done)
             print_progress(task.name, done, settings.steps, report, elapsed, done - s_last)
-        report_to_ray(report, task, model, opt, sched, done, save, rank)
+        report_to_ray(report, task, t.model, t.opt, t.sched, done, save, t.rank)
         t_last, s_last = time.perf_counter(), done
 
 
@@ -217,6 +248,6 @@ def print_progress(name: str, step: int, total: int, metrics: dict, elapsed: flo
     rate = n / max(elapsed, 1e-9)
     eta = (total - step) / rate if rate > 0 else float("nan")
     shown = "  ".join(
-        f"{k} {metrics[k]:.4g}" for k in ("loss/total", "loss", "fid", "is", "precision", "recall") if k in metrics
+        f"{k} {metrics[k]:.4g}" for k in ("loss/total", "loss", *HEADLINE_METRICS) if k in metrics
     )
     print(f"[{name}] step {step}/{total}  {shown}  {rate:.2f} it/s  eta {eta / 60:.1f} min", flush=True)

@@ -1,4 +1,7 @@
-"""Training the multi-scale VQ tokenizer on a Ray Train worker (reconstruction + VQ losses)."""
+"""Training the multi-scale VQ tokenizer (reconstruction + VQ losses): the `tokenizer` job's worker.
+
+Runs inside Ray Train workers.
+"""
 from __future__ import annotations
 
 import tempfile
@@ -11,7 +14,6 @@ from sar_core.checkpoint import load_state_strict, read_tensors, save_model
 from sar_core.data.order import batch_indices
 from sar_core.schedule import ScaleSchedule
 from sar_core.tokenizer import MultiScaleVQ, codebook_perplexity
-from sar_platform.data import image_source
 from sar_platform.worker import loop
 
 CHECKPOINT_FILE = "tokenizer.safetensors"
@@ -21,8 +23,8 @@ class TokenizerTask:
     def __init__(self, job, steps: int):
         self.job, self.name = job, job.name
         self.steps = steps
-        self.train_images = image_source(job.data, job.model, "train")
-        self.test_images = image_source(job.data, job.model, "test")
+        self.train_images = job.data.images("train", job.model.image_size)
+        self.test_images = job.data.images("test", job.model.image_size)
 
     def build(self, device: torch.device) -> nn.Module:
         self.device = device

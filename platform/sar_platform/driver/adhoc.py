@@ -1,5 +1,8 @@
 """`sar sample` and `sar eval`: one checkpoint, this machine, no Ray or MLflow (for quick looks;
-`kind: eval` specs score on a cluster and track the result)."""
+`kind: eval` specs score on a cluster and track the result).
+
+Runs in the `sar` process.
+"""
 from __future__ import annotations
 
 import json
@@ -14,7 +17,6 @@ from sar_core.eval.figures import sample_grid
 from sar_core.generation import generate
 from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
-from sar_platform.data import dataset_config
 from sar_platform.spec import DataSpec
 
 
@@ -50,7 +52,7 @@ def score_checkpoint(args) -> None:
     metrics = MetricConfig(num_samples=args.num_samples, feature_network=args.feature_network,
                            inception_weights=args.inception_weights or "", reference=args.reference,
                            batch_size=min(250, args.num_samples))
-    data = dataset_config(DataSpec(dataset=args.dataset, root=args.data_root), tokenizer.config.image_size)
+    data = DataSpec(dataset=args.dataset, root=args.data_root).image_dataset(tokenizer.config.image_size)
     result = evaluate(generator, tokenizer, sampling, metrics, schedule, args.out, data=data, device=device)
     print(json.dumps({"metrics": result.metrics, "figures": {k: str(v) for k, v in result.figures.items()},
                       **result.info}, indent=2))

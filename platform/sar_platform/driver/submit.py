@@ -2,6 +2,8 @@
 
 The repository travels as the job's working_dir (so the spec and the code are the submitter's),
 and the job's driver is `sar run SPEC --address auto` on the head node.
+
+Runs in the `sar` process (the submitter's machine).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from sar_platform.ray_env import repository_root, repository_runtime_env
+from sar_platform.services.ray_env import repository_root, repository_runtime_env
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 

@@ -3,9 +3,10 @@
 Layout under the root:
     runs/<job>/            Ray Train run (checkpoints), outputs.json once the job finished
     shards/<dataset>-<tokenizer fingerprint>/   pre-tokenized Parquet shards
-    evals/<job>/           samples, figures
 The embedded MLflow server always keeps its SQLite file and artifacts on the driver's local disk
 (`mlflow_root`), under the workspace when the workspace is local.
+
+Used by the driver (runs, outputs, shards) and by workers (checkpoints and shards to read).
 """
 from __future__ import annotations
 
@@ -18,11 +19,22 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from sar_core import paths
+
+RUNS = "runs"
+SHARDS = "shards"
+OUTPUTS = "outputs.json"
+
 
 @dataclass(frozen=True)
 class Workspace:
     root: str
     s3_endpoint: str | None = None
+
+    @classmethod
+    def of(cls, storage) -> "Workspace":
+        """The workspace a job's `storage` spec names."""
+        return cls(storage.path, storage.s3_endpoint)
 
     @property
     def is_local(self) -> bool:
@@ -46,6 +58,20 @@ class Workspace:
     def path(self, *parts: str) -> str:
         """A location inside the workspace, as a path (local) or URI (s3)."""
         return "/".join([self.root.rstrip("/"), *parts])
+
+    def run_dir(self, run_name: str) -> str:
+        """Where Ray Train keeps a run's checkpoints and the job leaves its outputs.json."""
+        return self.path(RUNS, run_name)
+
+    def outputs_path(self, run_name: str) -> str:
+        return self.path(RUNS, run_name, OUTPUTS)
+
+    def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
+        """(storage_path, storage_filesystem) for Ray Train / Tune run configs: runs/ of the workspace."""
+        if self.is_local:
+            return self.path(RUNS), None
+        fs, root = self.filesystem()
+        return f"{root}/{RUNS}", fs
 
     def _fs_path(self, uri: str) -> tuple[pafs.FileSystem, str]:
         fs, _ = self.filesystem()
@@ -89,8 +115,7 @@ class Workspace:
         return target
 
     def _cache(self, uri: str) -> Path:
-        base = Path(os.environ.get("SAR_CACHE", Path.home() / ".cache" / "sar-platform")) / "storage"
-        return base / hashlib.sha256(uri.encode()).hexdigest()[:16]
+        return paths.storage_cache() / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
     def local_folder(self, uri: str) -> Path:
         """A local copy of a workspace folder (itself when local; downloaded once otherwise)."""

@@ -1,4 +1,6 @@
-"""Ray Data over token shards, on a real local Ray (one start for the module)."""
+"""The Ray Data path over token shards, on a real local Ray (one start for the module): the driver
+builds the Dataset (`driver/inputs.shard_dataset`), workers turn its batches into training batches
+(`worker/batches.worker_batch`)."""
 import os
 
 import pytest
@@ -40,7 +42,8 @@ def ray_session():
 
 
 def test_read_parquet_serves_every_row_as_worker_batches(shard_set, ray_session):
-    from sar_platform.ray_data import shard_dataset, worker_batch
+    from sar_platform.driver.inputs import shard_dataset
+    from sar_platform.worker.batches import worker_batch
 
     ds = shard_dataset(shard_set.folder, expected_fingerprint=shard_set.meta.fingerprint)
     assert set(ds.schema().names) == {"index", "label", "tokens", "tokens_flip"}
@@ -64,7 +67,8 @@ def test_read_parquet_serves_every_row_as_worker_batches(shard_set, ray_session)
 
 
 def test_workers_get_disjoint_streaming_splits(shard_set, ray_session):
-    from sar_platform.ray_data import shard_dataset, worker_batch
+    from sar_platform.driver.inputs import shard_dataset
+    from sar_platform.worker.batches import worker_batch
 
     ray = ray_session
     splits = shard_dataset(shard_set.folder).streaming_split(2, equal=True)
@@ -79,7 +83,7 @@ def test_workers_get_disjoint_streaming_splits(shard_set, ray_session):
 
 
 def test_a_shard_set_of_another_tokenizer_is_refused(shard_set, ray_session):
-    from sar_platform.ray_data import shard_dataset
+    from sar_platform.driver.inputs import shard_dataset
 
     with pytest.raises(S.ShardError, match="not by 0123456789abcdef"):
         shard_dataset(shard_set.folder, expected_fingerprint="0123456789abcdef")

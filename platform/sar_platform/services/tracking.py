@@ -4,6 +4,8 @@ The driver opens runs (params = the flattened spec, logged once) and hands `RunH
 workers; only rank 0 logs through them. Runs are looked up by the tag `sar.run_key` (storage path +
 job name, or the trial id), so a retried worker group, a restarted trial or `sar run --resume`
 continues the run instead of creating a duplicate.
+
+`Tracker` is used in the `sar` process; `RunHandle` travels to Ray workers, which log through it.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from typing import Any, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from sar_platform.services.ray_env import repository_root
 
 RUN_KEY_TAG = "sar.run_key"
 PARENT_TAG = "mlflow.parentRunId"
@@ -38,7 +42,7 @@ def metric_key(name: str) -> str:
 
 
 def git_commit(repo: Path | None = None) -> str:
-    repo = repo or Path(__file__).resolve().parents[2]
+    repo = repo or repository_root()
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain"], cwd=repo, capture_output=True, text=True, timeout=10)

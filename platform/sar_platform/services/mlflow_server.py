@@ -3,6 +3,8 @@
 Every process (driver, Ray workers, Tune trials) logs to it over HTTP on 127.0.0.1, so no SQLite
 file is ever shared between concurrent writers. The server outlives `sar run` (it is started in its
 own session) so the dashboards stay browsable; `sar ui --stop` ends it.
+
+Started and stopped from the `sar` process (`sar run`, `sar ui`).
 """
 from __future__ import annotations
 

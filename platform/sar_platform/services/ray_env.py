@@ -1,15 +1,18 @@
-"""The runtime environment that ships this repository to Ray workers."""
+"""The runtime environment that ships this repository to Ray workers, and running a function as a
+Ray task. Used by the `sar` process (connecting to Ray, `sar submit`, launching tasks)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from sar_core import paths
 
 # Never upload environments, outputs or caches; the repository itself is a few hundred kB.
 WORKING_DIR_EXCLUDES = [".venv/", ".git/", "workspace/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".whl/"]
 
 
 def repository_root() -> Path:
-    return Path(__file__).resolve().parents[2]
+    return Path(__file__).resolve().parents[3]
 
 
 def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, str] | None = None) -> dict:
@@ -18,7 +21,7 @@ def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, s
     packages as py_modules, plus env vars."""
     # Plain prints from workers: Ray Train's print patch would show every progress line twice.
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    for key in ("RAY_AUTH_MODE", "SAR_DATA_CACHE", "SAR_DATA_ROOT", "MLFLOW_TRACKING_URI"):
+    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI"):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})

@@ -2,7 +2,10 @@
 
 Train V2 pattern: the Tune trainable is a function that builds and fits a TorchTrainer whose
 `TuneReportCallback` forwards rank 0's reports to Tune, so ASHA sees every training report and can
-stop a trial (its worker group and placement group are released with it).
+stop a trial (its worker group and placement group are released with it). Each trial runs its train
+job through the session's `run` (the job-kind table), with the trial's tags and Tune's callback.
+
+Runs in the `sar` process; `run_trial` runs in the Tune trial's own process.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
-from sar_platform.drivers import train as train_driver
-from sar_platform.report import comparison_table, headline_columns, log_sweep_figure, log_table
+from sar_platform.driver.inputs import prepare_train_inputs
+from sar_platform.driver.report import comparison_table, headline, headline_columns, log_sweep_figure, log_table
+from sar_platform.driver.session import Session
 from sar_platform.spec.overrides import trial_job
-from sar_platform.tracking import RunHandle, Tracker
+from sar_platform.services.tracking import RunHandle, Tracker
 
 # The trial function only waits on its TorchTrainer, whose workers hold the resources. It reserves a
 # byte of memory rather than a sliver of CPU (a bundle cannot be empty), so that a worker asking for
@@ -43,25 +47,18 @@ def param_space(job) -> dict:
     return space
 
 
-def run_trial(config: dict, sweep, session_state: dict, parent: RunHandle, run_name: str) -> None:
-    """The Tune trainable: this trial's train spec -> its MLflow child run -> a TorchTrainer."""
-    from sar_platform.runner import Session
-    from sar_platform.storage import Workspace
+def trial_run_name(run_name: str, trial_id: str) -> str:
+    return f"{run_name}.{trial_id}"
 
+
+def run_trial(config: dict, sweep, session_state: dict, parent: RunHandle, run_name: str) -> None:
+    """The Tune trainable: this trial's train spec, run as a train job under the sweep's MLflow run."""
     trial_id = ray.tune.get_context().get_trial_id()
-    name = f"{run_name}.{trial_id}"
-    job = trial_job(sweep, config, name=name)
-    session = Session(Workspace(**session_state["workspace"]), Tracker(parent.tracking_uri, sweep.mlflow.experiment),
-                      resume=True, spec_text=session_state["spec_text"])
-    inputs = train_driver.prepare_inputs(job, session)
+    name = trial_run_name(run_name, trial_id)
     tags = {"sar.trial_id": trial_id, **{f"sar.sweep.{k}": str(v) for k, v in config.items()}}
-    handle = session.open_run(f"{session.workspace.root}/{name}", name, job, parent, tags=tags)
-    trainer = train_driver.build_trainer(job, inputs, handle, session, name, callbacks=[TuneReportCallback()])
-    result = trainer.fit()
-    checkpoint = session.checkpoint_uri(result.checkpoint.path) if result.checkpoint else ""
-    train_driver.finish(result, session, name, handle, {
-        "kind": "train", "generator": f"{checkpoint}/generator.safetensors", "tokenizer": job.tokenizer,
-    })
+    session = Session.for_trial(session_state, Tracker(parent.tracking_uri, sweep.mlflow.experiment), tags,
+                                callbacks=(TuneReportCallback(),))
+    session.run(trial_job(sweep, config, name=name), parent, name)
 
 
 def scheduler(job, total_reports: int):
@@ -82,9 +79,9 @@ def trial_rows(results, job, tracker: Tracker, parent: RunHandle) -> list[dict]:
         child = children.get(trial_id)
         row = {"trial": trial_id}
         row.update({p: res.config.get(p) for p in param_names(job)})
-        finished = any(m in metrics for m in ("fid", "is"))
+        finished = bool(headline(metrics))
         row["status"] = "error" if res.error else ("finished" if finished else f"stopped at step {metrics.get('step', '?')}")
-        row.update({k: metrics[k] for k in ("fid", "is", "precision", "recall") if k in metrics})
+        row.update(headline(metrics))
         if child is not None and child.info.status == "RUNNING":
             tracker.client.set_terminated(child.info.run_id, "FAILED" if res.error else "KILLED")
         rows.append(row)
@@ -95,30 +92,31 @@ def param_names(job) -> list[str]:
     return [*job.space, *(["seed"] if job.seeds is not None else [])]
 
 
-def run(job, session, parent: RunHandle | None, run_name: str) -> dict:
-    handle = session.open_run(f"{session.workspace.root}/{run_name}", run_name, job, parent)
-    base = trial_job(job, {}, name=f"{run_name}.base")
-    inputs = train_driver.prepare_inputs(base, session)  # shared shards are encoded once, before trials start
-    total_reports = math.ceil(inputs.steps / base.log.every_steps) + 2
-    storage_path, filesystem = session.ray_storage()
+def build_tuner(job, session: Session, handle: RunHandle, run_name: str, total_reports: int) -> ray.tune.Tuner:
+    """A new Tuner, or (with --resume) the sweep's earlier one, continuing its unfinished trials."""
+    storage_path, filesystem = session.workspace.ray_storage()
     trainable = ray.tune.with_resources(
-        partial(run_trial, sweep=job, parent=handle, run_name=run_name,
-                session_state={"workspace": {"root": session.workspace.root, "s3_endpoint": session.workspace.s3_endpoint},
-                               "spec_text": session.spec_text}),
+        partial(run_trial, sweep=job, parent=handle, run_name=run_name, session_state=session.trial_state()),
         TRIAL_RESOURCES,
     )
     experiment = f"{storage_path}/{run_name}"
     if session.resume and ray.tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
-        tuner = ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
-                                       storage_filesystem=filesystem)
-    else:
-        tuner = ray.tune.Tuner(
-            trainable, param_space=param_space(job),
-            tune_config=ray.tune.TuneConfig(num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials,
-                                            scheduler=scheduler(job, total_reports)),
-            run_config=ray.tune.RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem),
-        )
-    results = tuner.fit()
+        return ray.tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                      storage_filesystem=filesystem)
+    return ray.tune.Tuner(
+        trainable, param_space=param_space(job),
+        tune_config=ray.tune.TuneConfig(num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials,
+                                        scheduler=scheduler(job, total_reports)),
+        run_config=ray.tune.RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem),
+    )
+
+
+def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
+    handle = session.open_run(run_name, job, parent)
+    base = trial_job(job, {}, name=f"{run_name}.base")
+    inputs = prepare_train_inputs(base, session)  # shared shards are encoded once, before trials start
+    total_reports = math.ceil(inputs.steps / base.log.every_steps) + 2
+    results = build_tuner(job, session, handle, run_name, total_reports).fit()
     rows = trial_rows(results, job, session.tracker, handle)
     columns = headline_columns(rows, ["trial", *param_names(job), "status"])
     print(f"\n[sar] sweep {run_name}: {len(rows)} trials\n{comparison_table(rows, columns)}\n", flush=True)
@@ -128,11 +126,11 @@ def run(job, session, parent: RunHandle | None, run_name: str) -> dict:
     if best is not None:
         handle.log_metrics({f"best_{job.metric}": best[job.metric]}, step=0)
     handle.finish()
-    outputs = {"kind": "sweep", "trials": rows, "best": best, "mlflow_run_id": handle.run_id}
+    outputs = {"kind": job.kind, "trials": rows, "best": best, "mlflow_run_id": handle.run_id}
     if best is not None:
-        best_outputs = session.outputs(f"{run_name}.{best['trial']}") or {}
+        best_outputs = session.outputs(trial_run_name(run_name, best["trial"])) or {}
         outputs.update({k: best_outputs[k] for k in ("generator", "tokenizer") if k in best_outputs})
-        outputs["metrics"] = {k: best[k] for k in ("fid", "is", "precision", "recall") if k in best}
+        outputs["metrics"] = headline(best)
     session.save_outputs(run_name, outputs)
     return outputs
 

@@ -1,4 +1,7 @@
-"""Tables and figures that summarise several runs (pipeline comparisons, sweep results)."""
+"""Tables and figures that summarise several runs (pipeline comparisons, sweep results).
+
+Runs in the `sar` process.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,9 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from sar_platform.tracking import RunHandle
-
-HEADLINE = ("fid", "is", "precision", "recall")
+from sar_core.eval import HEADLINE_METRICS
+from sar_platform.services.tracking import RunHandle
 
 
 def _fmt(v: Any) -> str:
@@ -19,14 +21,19 @@ def _fmt(v: Any) -> str:
     return "-" if v is None else str(v)
 
 
+def headline(metrics: dict) -> dict:
+    """Whichever of FID / IS / precision / recall `metrics` has."""
+    return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
+
+
 def final_metrics(metrics: dict) -> dict:
     """The evaluation results in a run's last report (not its training curves)."""
-    return {k: v for k, v in metrics.items() if k in HEADLINE or k.startswith("fid_at/")}
+    return {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or k.startswith("fid_at/")}
 
 
 def headline_columns(rows: Sequence[dict], leading: Sequence[str]) -> list[str]:
     """The leading columns, then whichever of FID / IS / precision / recall the rows have."""
-    return [*leading, *(m for m in HEADLINE if any(m in r for r in rows))]
+    return [*leading, *(m for m in HEADLINE_METRICS if any(m in r for r in rows))]
 
 
 def comparison_table(rows: Sequence[dict], columns: Sequence[str]) -> str:

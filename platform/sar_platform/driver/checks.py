@@ -1,0 +1,91 @@
+"""Checks that need more than the spec file (checkpoints, data on disk), one per job kind, run before
+Ray or MLflow start: a wrong checkpoint or missing data is reported in seconds, not after minutes of
+set-up. The job-kind table (kinds.py) names each kind's check and walks pipelines and sweeps.
+
+Runs in the `sar` process.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sar_core.checkpoint import CheckpointError, read_header
+from sar_platform.services.storage import Workspace
+from sar_platform.spec.common import STEP_REF
+
+
+@dataclass
+class CheckContext:
+    """What the checks of one job tree share: where checkpoints are, what they found wrong, and the
+    tokenizer configs that earlier pipeline steps will produce (by step name)."""
+
+    workspace: Workspace
+    problems: list[str] = field(default_factory=list)
+    tokenizers: dict = field(default_factory=dict)
+
+
+def _header(path: str, kind: str, field_: str, ctx: CheckContext):
+    """The model config in a checkpoint's header (None when the path is a step reference or wrong)."""
+    if STEP_REF.match(path):
+        return None
+    if "://" in path and not ctx.workspace.exists(path):
+        ctx.problems.append(f"{field_}: {path} does not exist")
+        return None
+    try:
+        found, config, _ = read_header(ctx.workspace.local_copy(path))
+    except CheckpointError as e:
+        ctx.problems.append(f"{field_}: {e}")
+        return None
+    if found != kind:
+        ctx.problems.append(f"{field_}: {path} holds a {found}, not a {kind}")
+        return None
+    return config
+
+
+def _check_data(data, field_: str, ctx: CheckContext, in_channels: int | None = None) -> None:
+    dataset = data.image_dataset()
+    try:
+        dataset.check_available()
+    except FileNotFoundError as e:
+        ctx.problems.append(f"{field_}: {e}")
+    if in_channels not in (None, dataset.channels):
+        ctx.problems.append(f"{field_}: {data.dataset} images have {dataset.channels} channel(s), "
+                            f"the tokenizer expects {in_channels}")
+
+
+def _step_tokenizer(path: str, field_: str, ctx: CheckContext):
+    """The tokenizer config behind a checkpoint path or a `step:<name>` of an earlier tokenizer step."""
+    tok = _header(path, "tokenizer", field_, ctx)
+    if tok is None and (m := STEP_REF.match(path)):
+        tok = ctx.tokenizers.get(m.group(1))
+    return tok
+
+
+def check_tokenizer(job, ctx: CheckContext, prefix: str = "") -> None:
+    _check_data(job.data, f"{prefix}data", ctx, job.model.in_channels)
+    ctx.tokenizers[job.name] = job.model
+
+
+def check_train(job, ctx: CheckContext, prefix: str = "") -> None:
+    tok = _step_tokenizer(job.tokenizer, f"{prefix}tokenizer", ctx)
+    gen = job.model
+    if job.init_from is not None:
+        gen = _header(job.init_from, "generator", f"{prefix}init_from", ctx) or gen
+    _check_data(job.data, f"{prefix}data", ctx)
+    if tok is not None and job.schedule.scales[-1] != tok.latent_size:
+        ctx.problems.append(f"{prefix}schedule.scales: ends at {job.schedule.scales[-1]} but the tokenizer's latent is "
+                            f"{tok.latent_size}x{tok.latent_size}; the last scale must equal it")
+    if tok is not None and gen is not None:
+        if gen.vocab_size != tok.codebook_size or gen.codebook_dim != tok.codebook_dim:
+            ctx.problems.append(f"{prefix}model: vocab_size/codebook_dim {gen.vocab_size}/{gen.codebook_dim} do not match "
+                                f"the tokenizer's codebook {tok.codebook_size}x{tok.codebook_dim}")
+    classes = job.data.image_dataset().num_classes
+    if gen is not None and classes is not None and gen.num_classes != classes:
+        ctx.problems.append(f"{prefix}model.num_classes: {gen.num_classes}, but {job.data.dataset} has {classes} classes")
+
+
+def check_eval(job, ctx: CheckContext, prefix: str = "") -> None:
+    tok = _header(job.tokenizer, "tokenizer", f"{prefix}tokenizer", ctx)
+    _header(job.generator, "generator", f"{prefix}generator", ctx)
+    _check_data(job.data, f"{prefix}data", ctx)
+    if tok is not None and job.schedule[-1] != tok.latent_size:
+        ctx.problems.append(f"{prefix}schedule: ends at {job.schedule[-1]}, the tokenizer's latent is {tok.latent_size}")

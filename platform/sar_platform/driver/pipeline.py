@@ -1,0 +1,34 @@
+"""Pipelines: named steps in order, each step's outputs feeding later `step:<name>` references.
+
+Runs in the `sar` process; every step runs through the session's `run` (the job-kind table).
+"""
+from __future__ import annotations
+
+from sar_platform.driver.report import comparison_table, final_metrics, headline_columns, log_table
+from sar_platform.driver.session import Session
+from sar_platform.services.tracking import RunHandle
+
+
+def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
+    handle = session.open_run(run_name, job, parent)
+    outputs: dict[str, dict] = {}
+    for name, step in job.steps.items():
+        step_run = f"{run_name}.{name}"
+        done = session.outputs(step_run)
+        if done is not None:
+            print(f"[sar] {step_run}: finished earlier, reusing its outputs", flush=True)
+            outputs[name] = done
+            continue
+        print(f"[sar] === step {name} ({step.kind}) ===", flush=True)
+        outputs[name] = session.run(step.resolve(outputs), handle, step_run)
+
+    result = {"kind": job.kind, "steps": outputs, "mlflow_run_id": handle.run_id}
+    if job.compare:
+        rows = [{"step": name, **final_metrics(outputs[name].get("metrics", {}))} for name in job.compare]
+        columns = headline_columns(rows, ["step"])
+        print(f"\n[sar] comparison:\n{comparison_table(rows, columns)}\n", flush=True)
+        log_table(handle, rows, columns, "comparison")
+        result["comparison"] = rows
+    handle.finish()
+    session.save_outputs(run_name, result)
+    return result
