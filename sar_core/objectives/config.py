@@ -107,13 +107,7 @@ class ObjectiveConfig:
         if kind == "tf":
             why = "is not read by kind: tf: teacher forcing never draws tokens (use kind: sar or sf_*, or remove it)"
             return {**out, "sampling": why, "rollout": why}
-        if self.sampling == "argmax":
-            out["rollout"] = "is not read with sampling: argmax (use sampling: stochastic or cfg, or remove it)"
-        elif self.sampling == "stochastic":
-            out.update({f: "is only read with sampling: cfg (use sampling: cfg, or remove it)" for f in _GUIDANCE_FIELDS})
-        else:
-            out.update({f"rollout.{k}": why for k, why in self.rollout.unread_fields().items()})
-        return out
+        return {**out, **unread_rollout_fields(self.sampling, self.rollout)}
 
     def summary(self) -> str:
         """One line saying what this objective is, e.g. "sar (paper preset), γ=1, cfg rollout, ..."."""
@@ -128,6 +122,15 @@ class ObjectiveConfig:
             parts.append(f"{self.sampling} rollout" + (f" from scale {self.hybrid_scale}" if self.kind == "sf_hybrid" else ""))
         parts.append(f"{self.weighting} weighting")
         return ", ".join(parts)
+
+
+def unread_rollout_fields(sampling: str, rollout: SamplingConfig) -> dict[str, str]:
+    """`rollout` field paths that drawing tokens with `sampling` never reads -> why."""
+    if sampling == "argmax":
+        return {"rollout": "is not read with sampling: argmax (use sampling: stochastic or cfg, or remove it)"}
+    if sampling == "stochastic":
+        return {f: "is only read with sampling: cfg (use sampling: cfg, or remove it)" for f in _GUIDANCE_FIELDS}
+    return {f"rollout.{k}": why for k, why in rollout.unread_fields().items()}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
