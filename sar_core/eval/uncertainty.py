@@ -19,7 +19,9 @@ of the *sample draw* only; seed-to-seed training noise is usually larger (`mean_
   Recomputing the radii on a resample would count each duplicated row as its own nearest neighbour.
 
 Across seeds: mean ± t_{0.975, n-1} · s / sqrt(n), and for paired arms (same seed, same initial
-checkpoint, another objective) the same interval on the per-seed differences.
+checkpoint, another objective) the same interval on the per-seed differences; arms that cannot be
+paired get Welch's interval. Two single runs can only be compared on their sample-draw noise:
+a - b ± 1.96 · sqrt(se_a^2 + se_b^2), which leaves out training noise.
 """
 from __future__ import annotations
 
@@ -100,6 +102,18 @@ def paired_difference(arm: dict, baseline: dict, level: float = 0.95) -> tuple[f
     """Mean and t-interval of arm[k] - baseline[k] over the pairing keys k both have (e.g. seeds)."""
     keys = [k for k in arm if k in baseline]
     return mean_ci([arm[k] - baseline[k] for k in keys], level)
+
+
+def unpaired_difference(arm: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
+    """mean(arm) - mean(baseline) and its Welch t-interval (arms that share no seeds or checkpoint)."""
+    a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, math.nan, min(len(a), len(b))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return float(a.mean() - b.mean()), 0.0, min(len(a), len(b))
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(a.mean() - b.mean()), float(scipy_stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)), min(len(a), len(b))
 
 
 def excludes_zero(mean: float, half_width: float) -> bool:
