@@ -63,6 +63,12 @@ def pipeline(tmp_path_factory, ray_local, mlflow_uri):
             checkpoint: {{every_steps: 4}}
             log: {{every_steps: 2, diagnostics_every: 2}}
             eval: {EVAL}
+          score:
+            kind: eval
+            generator: step:sar
+            tokenizer: step:tokenizer
+            schedule: [1, 2, 3, 5, 7]
+            eval: {EVAL}
         compare: [pretrain, tf, sar]
         baseline: tf
     """)
@@ -102,9 +108,9 @@ def test_post_training_starts_from_the_pretrained_checkpoint(pipeline):
 
 def test_one_mlflow_run_per_job_nested_under_the_pipeline(pipeline):
     _, runs, _ = pipeline
-    assert set(runs) == {"mini", "mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar"}
+    assert set(runs) == {"mini", "mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar", "mini.score"}
     parent = runs["mini"].info.run_id
-    for name in ("mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar"):
+    for name in ("mini.tokenizer", "mini.pretrain", "mini.tf", "mini.sar", "mini.score"):
         assert runs[name].data.tags["mlflow.parentRunId"] == parent
         assert runs[name].info.status == "FINISHED"
 
@@ -195,3 +201,15 @@ def test_only_rank_0_logs_and_metrics_are_averaged_over_workers(pipeline):
     history = MlflowClient(uri).get_metric_history(runs["mini.pretrain"].info.run_id, "loss/total")
     # One value per report (log every 2 steps, checkpoint every 3), not one per worker.
     assert [m.step for m in history] == [2, 3, 4, 6]
+
+
+def test_an_eval_job_scores_a_checkpoint_at_that_checkpoints_step(pipeline):
+    outputs, runs, uri = pipeline
+    from mlflow.tracking import MlflowClient
+
+    score = runs["mini.score"]
+    assert {"fid", "fid_se", "is", "precision", "recall"} <= set(score.data.metrics)
+    assert [m.step for m in MlflowClient(uri).get_metric_history(score.info.run_id, "fid")] == [10]
+    assert score.data.tags["sar.eval.checkpoint_step"] == "10" and "from mini.sar @ step 10" in score.data.tags["sar.summary"]
+    # the same checkpoint, sampler and seed as the SAR run's final evaluation: the same samples, the same FID
+    assert score.data.metrics["fid"] == pytest.approx(runs["mini.sar"].data.metrics["fid"], rel=1e-6)
