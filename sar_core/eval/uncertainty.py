@@ -45,9 +45,9 @@ def standard_error(values: Sequence[float]) -> float:
     return float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
 
 
-def _symmetric_root(sigma: np.ndarray) -> np.ndarray:
-    eigenvalues, vectors = np.linalg.eigh(sigma)
-    return (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
+def _symmetric_root(sigma: torch.Tensor) -> torch.Tensor:
+    eigenvalues, vectors = torch.linalg.eigh(sigma)
+    return (vectors * eigenvalues.clamp_min(0).sqrt()) @ vectors.T
 
 
 @torch.no_grad()
@@ -57,17 +57,16 @@ def fid_bootstrap(features_ND: np.ndarray, reference: GaussianStats, counts_BN: 
     n = len(x)
     centre = x.mean(axis=0)
     xc = torch.from_numpy((x - centre).astype(np.float32))
-    root = _symmetric_root(np.atleast_2d(reference.sigma))
+    root = _symmetric_root(torch.from_numpy(np.atleast_2d(reference.sigma).astype(np.float64)))
     mu_r, trace_r = np.atleast_1d(reference.mu), float(np.trace(reference.sigma))
     out = []
     for counts in counts_BN:
         w = torch.from_numpy(counts.astype(np.float32))
-        mean_c = (w @ xc).double().numpy() / n  # resample mean, relative to the full set's
-        scatter = (xc.T @ (xc * w[:, None])).double().numpy()
-        sigma = (scatter - n * np.outer(mean_c, mean_c)) / (n - 1)
-        diff = centre + mean_c - mu_r
-        eig = np.linalg.eigvalsh(root @ sigma @ root)
-        out.append(diff @ diff + np.trace(sigma) + trace_r - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+        mean_c = (w @ xc).double() / n  # the resample's mean, relative to the full set's
+        sigma = ((xc.T @ (xc * w[:, None])).double() - n * torch.outer(mean_c, mean_c)) / (n - 1)
+        diff = centre + mean_c.numpy() - mu_r
+        eig = torch.linalg.eigvalsh(root @ sigma @ root).clamp_min(0)
+        out.append(diff @ diff + float(sigma.trace()) + trace_r - 2 * float(eig.sqrt().sum()))
     return np.asarray(out)
 
 
