@@ -257,7 +257,7 @@ def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
     sar = load_job(write(tmp_path, TRAIN + "objective: {preset: paper, sampling: argmax}\n"))
     params = flatten(read_spec(sar))
     assert params["objective.preset"] == "paper" and params["objective.gamma"] == "1.0"
-    assert not any(k.startswith("objective.rollout") for k in params)  # argmax reads no rollout setting
+    assert not any(k.startswith("objective.rollout.") for k in params)  # argmax reads no rollout setting
     unread = {".".join(map(str, k)) for k in sar.unread_fields()}
     assert not any(k == u or k.startswith(u + ".") for k in params for u in unread)
     # a pipeline's run records its own fields, not its steps'
