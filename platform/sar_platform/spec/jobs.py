@@ -4,6 +4,7 @@ Validation runs in the `sar` process when a spec is loaded; workers only read th
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -175,7 +176,7 @@ class TrainJob(JobCommon):
         scales = self.schedule.scales
         out = []
         if self.eval.evaluates:
-            out += prefixed(("eval",), dict(self.eval.conflicts(scales))).items()
+            out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
         if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > scales[-1]:
             out.append((("objective", "hybrid_scale"), f"{self.objective.hybrid_scale} leaves no student-forced scale in "
                                                        f"schedule.scales {list(scales)}; use a size <= {scales[-1]}"))
@@ -219,11 +220,11 @@ class EvalJob(JobCommon):
                 **prefixed(("data",), self.data.unread_fields(self.kind))}
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
-        return list(prefixed(("eval",), dict(self.eval.conflicts(self.schedule))).items())
+        return [(("eval", *f), msg) for f, msg in self.eval.conflicts(self.schedule)]
 
     def summary(self) -> str:
-        m = self.eval.metrics
-        return f"scores {self.generator.rsplit('/', 2)[-2:][0]} ({m.num_samples} samples, {m.feature_network} features)"
+        m, generator = self.eval.metrics, Path(self.generator)
+        return f"scores {generator.parent.name}/{generator.name} ({m.num_samples} samples, {m.feature_network} features)"
 
 
 class Domain(StrictModel):
