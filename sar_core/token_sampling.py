@@ -85,7 +85,9 @@ def sample_tokens(
     exact categorical draw that needs no cumulative sums over the vocabulary.
     """
     V = logits_BlV.shape[-1]
-    logits = logits_BlV.float() / temperature
+    logits = logits_BlV.float()
+    if temperature != 1.0:  # x / 1 is x: no pass over the logits for the common case
+        logits = logits / temperature
     use_p = 0.0 < top_p < 1.0
     if 0 < top_k < V:
         logits, order = logits.topk(top_k, dim=-1)  # sorted, descending
@@ -95,8 +97,8 @@ def sample_tokens(
         order = None
     probs = logits.softmax(dim=-1)
     if use_p:  # logits are sorted: drop a token once the mass before it reaches top_p
-        before = probs.cumsum(dim=-1) - probs
-        probs = probs.masked_fill(before >= top_p, 0.0)
+        before = probs.cumsum(dim=-1).sub_(probs)
+        probs.masked_fill_(before >= top_p, 0.0)
     noise = torch.empty_like(probs).exponential_(generator=generator)
-    choice = (probs / noise).argmax(dim=-1)
+    choice = probs.div_(noise).argmax(dim=-1)
     return choice if order is None else order.gather(-1, choice[..., None])[..., 0]
