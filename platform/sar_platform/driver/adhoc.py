@@ -6,6 +6,7 @@ Runs in the `sar` process.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -20,14 +21,24 @@ from sar_core.token_sampling import SamplingConfig
 from sar_platform.spec import DataSpec
 
 
+def sampling_settings(args) -> SamplingConfig:
+    """--sampling PRESET with --cfg / --top-k / --top-p on top; bad values exit 2 before any loading."""
+    given = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    try:
+        return SamplingConfig.from_preset(args.sampling, **given) if args.sampling else SamplingConfig(**given)
+    except ValueError as e:
+        print(f"sar: sampling: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _setup(args):
+    sampling = sampling_settings(args)
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     tokenizer = load_model(args.tokenizer, kind="tokenizer", device=device).eval()
     generator = load_model(args.generator, kind="generator", device=device).eval()
     latent = tokenizer.config.latent_size
     scales = [int(s) for s in args.schedule.split(",")] if args.schedule else range(1, latent + 1)
     schedule = ScaleSchedule(scales).check_latent(latent)
-    sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
     return device, tokenizer, generator, schedule, sampling
 
 

@@ -19,7 +19,7 @@ from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
 from sar_platform.spec.overrides import check_sweep
-from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec
+from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, Sampling, ScheduleSpec
 
 Precision = Literal["auto", "fp32", "bf16"]
 """auto: bf16 autocast on GPU workers, fp32 on CPU."""
@@ -63,7 +63,8 @@ class DataSpec(StrictModel):
 class ScoringSpec(StrictModel):
     """How generated samples are drawn and scored."""
 
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: Sampling = SamplingConfig()
+    """How samples are drawn; `preset: flexvar_eval` is FlexVAR's published evaluation (fields set next to it override it)."""
     metrics: MetricConfig = MetricConfig()
     figures: bool = True
     """Log the sample grid, the trajectory (Fig. 7) and, in training, the student-forcing rows (Fig. 8)."""
@@ -113,6 +114,15 @@ class TrainJob(JobCommon):
             raise ValueError("set model (to train from scratch) or init_from (a generator checkpoint to post-train)")
         if self.init_from is not None and self.model is not None:
             raise ValueError("init_from carries the model config: leave model out (or drop init_from)")
+        return self
+
+    @model_validator(mode="after")
+    def _hybrid_scale_in_every_schedule(self):
+        last = self.schedule.smallest_last()
+        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > last:
+            raise ValueError(f"objective.hybrid_scale={self.objective.hybrid_scale} leaves no student-forced scale in "
+                             f"schedules that end at {last}x{last} (the smallest last scale of schedule "
+                             f"{'draws' if self.schedule.random else '.scales'}); use hybrid_scale <= {last}")
         return self
 
 
