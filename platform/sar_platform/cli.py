@@ -100,7 +100,7 @@ def cmd_sample(args) -> int:
 def cmd_import_flexvar(args) -> int:
     from sar_core.flexvar_import import import_flexvar
 
-    gen, tok = import_flexvar(args.generator, args.vqvae, args.out, image_size=args.image_size)
+    gen, tok = import_flexvar(args.generator, args.vqvae, args.out, image_size=args.image_size, report=print)
     print(f"generator -> {gen}\ntokenizer -> {tok}")
     return 0
 
