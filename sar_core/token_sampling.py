@@ -68,22 +68,21 @@ class SamplingConfig:
 
     def cfg_at(self, scale_index: int, num_scales: int, size: int | None = None) -> float:
         """Guidance weight of scale `scale_index` (0-based) of `num_scales`; `size` is its side length."""
-        if self.beyond_training(size):
-            return self.cfg
-        if self.cfg_ramp == "constant":
-            return self.cfg
-        if num_scales == 1:
+        if self.cfg_ramp == "constant" or num_scales == 1 or self.above_trained_size(size):
             return self.cfg
         steps = min(num_scales - 1, FLEXVAR_RAMP_STEPS) if self.cfg_ramp == "flexvar" else num_scales - 1
         ratio = scale_index / steps
-        return self.cfg * ratio if self.cfg_ramp != "half_linear" else self.cfg * 0.5 * (1.0 + ratio)
+        if self.cfg_ramp == "half_linear":
+            return self.cfg * 0.5 * (1.0 + ratio)
+        return self.cfg * ratio
 
     def top_k_at(self, size: int) -> int:
         """The top-k a scale of this size is drawn with: 1 (greedy) where FlexVAR's rules say so."""
-        greedy = self.flexvar_max_size is not None and (self.beyond_training(size) or size not in FLEXVAR_TRAINED_SIZES)
-        return 1 if greedy else self.top_k
+        if self.flexvar_max_size is not None and (self.above_trained_size(size) or size not in FLEXVAR_TRAINED_SIZES):
+            return 1
+        return self.top_k
 
-    def beyond_training(self, size: int | None) -> bool:
+    def above_trained_size(self, size: int | None) -> bool:
         return self.flexvar_max_size is not None and size is not None and size > self.flexvar_max_size
 
 

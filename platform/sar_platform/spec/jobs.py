@@ -118,8 +118,10 @@ class TrainJob(JobCommon):
 
     @model_validator(mode="after")
     def _hybrid_scale_in_every_schedule(self):
+        if self.objective.kind != "sf_hybrid":
+            return self
         last = self.schedule.smallest_last()
-        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > last:
+        if self.objective.hybrid_scale > last:
             raise ValueError(f"objective.hybrid_scale={self.objective.hybrid_scale} leaves no student-forced scale in "
                              f"schedules that end at {last}x{last} (the smallest last scale of schedule "
                              f"{'draws' if self.schedule.random else '.scales'}); use hybrid_scale <= {last}")
