@@ -272,7 +272,11 @@ def platform_section(ctx) -> dict:
                                          data=synthetic_fashion_mnist(root / "fashion-mnist"), steps=s["platform_steps"]))
     cmd = [sys.executable, "-m", "sar_platform.cli", "run", str(spec), "--num-cpus", "2"]
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=s["platform_timeout"])
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=s["platform_timeout"])
+    finally:  # `sar run` leaves the workspace's MLflow server up for `sar ui`; the check does not need it
+        subprocess.run([sys.executable, "-m", "sar_platform.cli", "ui", "--workspace", str(root / "workspace"), "--stop"],
+                       cwd=REPO, capture_output=True, timeout=60)
     wall = time.perf_counter() - t0
     outputs_file = root / "workspace" / "runs" / "gpu-check" / "outputs.json"
     outputs = json.loads(outputs_file.read_text()) if outputs_file.exists() else {}
