@@ -4,7 +4,9 @@ objective kind, and its ratio to teacher forcing, as JSON.
     python bench/bench_objectives.py --preset tiny --threads 1            # CPU
     python bench/bench_objectives.py --preset d16 --device cuda --dtype bf16
 
-Targets (issue 3): SAR <= 2.1x the teacher-forcing step at student_fraction 1, <= 1.6x at 0.5.
+Targets (issue 10): SAR <= 2.0x the teacher-forcing step, the paper preset (whose CFG rollouts add a
+no-grad null-class pass over scales 1..N-1 and a top-p draw over the vocabulary) <= 2.2x; at
+student_fraction 0.5, <= 1.6x. On CPU they are judged on process time, on GPU on wall time.
 All variants share one model and optimizer (memory for one model, speed does not depend on the
 weights) and are timed round-robin, one step each per round, so that a shared machine's drifting
 speed hits every variant alike; on CPU the process time of each step is reported too, which the
@@ -62,10 +64,18 @@ def make_step(config, gen, opt, batch, device, dtype):
     return step, steps
 
 
+TARGETS = {"sar": 2.0, "paper": 2.2, "sar@0.5": 1.6, "paper@0.5": 1.6}
+
+
+def targets(step_ms: dict) -> dict[str, bool]:
+    return {f"{name}<={limit}x": step_ms[name] / step_ms["tf"] <= limit for name, limit in TARGETS.items() if name in step_ms}
+
+
 def main(argv=None) -> dict:
     p = model_parser(__doc__)
     p.add_argument("--rounds", type=int, default=15, help="timed round-robin rounds")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--only", default="", help="comma-separated variants to time (default: all; tf is always timed)")
     args = p.parse_args(argv)
     device, preset = device_and_preset(args)
     schedule, batch_size = preset["schedule"], args.batch or preset["batch"]
@@ -80,7 +90,9 @@ def main(argv=None) -> dict:
     batch = TokenBatch(labels, tokens, schedule).to(device)
     opt = make_optimizer(gen, device)
     hybrid_scale = schedule[len(schedule) // 2]
-    steps = {name: make_step(cfg, gen, opt, batch, device, args.dtype) for name, cfg in variants(hybrid_scale).items()}
+    chosen = {"tf", *args.only.split(",")} if args.only else None
+    steps = {name: make_step(cfg, gen, opt, batch, device, args.dtype) for name, cfg in variants(hybrid_scale).items()
+             if chosen is None or name in chosen}
 
     wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
     for r in range(args.warmup + args.rounds):
@@ -109,8 +121,8 @@ def main(argv=None) -> dict:
         # on a shared CPU, process time ignores the slices other processes take; on GPU it is host time only
         "cpu_step_ms": {name: round(ms, 2) for name, ms in cpu_median.items()},
         "cpu_ratio_to_tf": {name: round(ms / cpu_median["tf"], 3) for name, ms in cpu_median.items()},
-        "targets": {"sar<=2.1x": median["sar"] / tf <= 2.1, "sar@0.5<=1.6x": median["sar@0.5"] / tf <= 1.6,
-                    "paper<=2.1x": median["paper"] / tf <= 2.1, "paper@0.5<=1.6x": median["paper@0.5"] / tf <= 1.6},
+        # on CPU judged on process time: on a shared machine other processes inflate wall time
+        "targets": targets(cpu_median if device.type == "cpu" else median),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
     }
     print(json.dumps(result, indent=2))

@@ -1,17 +1,26 @@
 """Import the published FlexVAR checkpoints (generator + VQ-VAE) onto this project's modules.
 
 The reference checkpoints are PyTorch pickles: the generator either as a bare state dict or under
-["trainer"]["var_wo_ddp"], the VQ-VAE under ["model"]. They are read with
-`torch.load(weights_only=True)` (tensors only, no code), every key is renamed by the rules below,
-the model config is inferred from the tensor shapes, and anything the rules do not account for is
-an error rather than a silently dropped weight.
+["trainer"]["var_wo_ddp"] of its trainer's file (next to the epoch, the trainer config, the
+optimizer and grad-scaler state and the training arguments), the VQ-VAE under ["model"] (LlamaGen's
+layout: with optimizer states, a step count and an `argparse.Namespace` of arguments). They are read
+with torch's weights-only unpickler, which runs no code from the file: tensors and plain containers,
+plus the allow-list READABLE_GLOBALS of data-only types those extras use (argparse.Namespace, numpy
+scalars and arrays). An object of any other type is replaced by an inert placeholder that is never
+constructed from the file's data, and reported; none of these extras is imported. Every weight key
+is renamed by the rules below, the model config is inferred from the tensor shapes, and anything the
+rules do not account for is an error rather than a silently dropped weight.
 """
 from __future__ import annotations
 
+import argparse
+import pickle
 import re
+import zipfile
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
+import numpy as np
 import torch
 
 from sar_core.checkpoint import CheckpointError, load_state_strict, save_model
@@ -136,21 +145,91 @@ def import_generator(state: Mapping[str, torch.Tensor], tokenizer: MultiScaleVQ)
     return model
 
 
-def read_reference_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A FlexVAR .pth as a flat state dict (tensors only: nothing in the file is executed)."""
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+def _numpy_globals() -> list[tuple[Callable, str]]:
+    """numpy scalars, dtypes and arrays under the module names numpy 1 (numpy.core) and 2 (numpy._core) pickle them with."""
+    multiarray = np._core.multiarray
+    out = []
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        out += [(multiarray.scalar, f"{module}.scalar"), (multiarray._reconstruct, f"{module}._reconstruct")]
+    out += [(np.dtype, "numpy.dtype"), (np.ndarray, "numpy.ndarray")]
+    out += [(getattr(np.dtypes, name), f"numpy.dtypes.{name}") for name in np.dtypes.__all__]
+    return out
+
+
+READABLE_GLOBALS: list[tuple[Callable, str]] = [(argparse.Namespace, "argparse.Namespace"), *_numpy_globals()]
+"""Data-only types the published files hold besides tensors, which the weights-only unpickler may build."""
+
+
+class SkippedObject:
+    """Stands in for an object of a type outside READABLE_GLOBALS: the file's data for it is dropped
+    and nothing of the type is imported or run."""
+
+    qualified_name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _placeholder(qualified_name: str) -> type[SkippedObject]:
+    return type("SkippedObject", (SkippedObject,), {"qualified_name": qualified_name})
+
+
+def _load_restricted(path: Path) -> tuple[object, list[str]]:
+    """torch.load with the weights-only unpickler, READABLE_GLOBALS and placeholders for other types."""
+    readable = {name for _, name in READABLE_GLOBALS}
+    try:
+        unknown = []
+        if zipfile.is_zipfile(path):  # torch's format since 1.6; older files get no placeholders
+            unknown = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) - readable)
+        with torch.serialization.safe_globals([*READABLE_GLOBALS, *((_placeholder(n), n) for n in unknown)]):
+            return torch.load(str(path), map_location="cpu", weights_only=True), unknown
+    except FileNotFoundError:
+        raise
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:  # a truncated file is an OSError
+        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint: {e}") from None
+
+
+def _left_out(top: dict, where: list[str]) -> list[str]:
+    """The entries next to the weights on the way down to them, e.g. epoch, args, trainer.var_opt."""
+    out, obj, prefix = [], top, ""
+    for key in where:
+        out += [f"{prefix}{k}" for k in obj if k != key]
+        obj, prefix = obj[key], f"{prefix}{key}."
+    return out
+
+
+def read_reference_checkpoint(path: str | Path, report: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
+    """A FlexVAR .pth as a flat state dict; `report` gets one line on what else the file holds."""
+    obj, unknown = _load_restricted(Path(path))
+    where, top = [], obj
     for key in ("trainer", "var_wo_ddp", "model", "state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
+            where.append(key)
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors in a layout this importer knows")
+    if report is not None and (where or unknown):
+        inside = "".join(f"[{k!r}]" for k in where)
+        left = _left_out(top, where)
+        line = f"{Path(path).name}: weights from {inside or 'the top level'}"
+        line += f"; not imported: {', '.join(left)}" if left else ""
+        line += f"; objects of unknown types skipped unread: {', '.join(unknown)}" if unknown else ""
+        report(line)
     return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in obj.items()}
 
 
-def import_flexvar(generator_path, vqvae_path, out_dir, image_size: int = 256) -> tuple[Path, Path]:
-    """Convert the two published files into sar-platform checkpoints; returns (generator, tokenizer)."""
-    tokenizer = import_tokenizer(read_reference_checkpoint(vqvae_path), image_size)
-    generator = import_generator(read_reference_checkpoint(generator_path), tokenizer)
+def import_flexvar(generator_path, vqvae_path, out_dir, image_size: int = 256,
+                   report: Callable[[str], None] | None = None) -> tuple[Path, Path]:
+    """Convert the two published files into sar-platform checkpoints; returns (generator, tokenizer).
+    `report` receives a line per file on what it holds besides the imported weights."""
+    tokenizer = import_tokenizer(read_reference_checkpoint(vqvae_path, report), image_size)
+    generator = import_generator(read_reference_checkpoint(generator_path, report), tokenizer)
     out = Path(out_dir)
     source = {"imported_from": f"FlexVAR {Path(generator_path).name} + {Path(vqvae_path).name}"}
     return save_model(generator, out / "generator.safetensors", source), save_model(tokenizer, out / "tokenizer.safetensors", source)

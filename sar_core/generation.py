@@ -62,7 +62,9 @@ def generate(
     """Generate token maps for `schedule`, one scale per transformer pass over the new tokens only.
 
     `prefix` forces the token maps of the first len(prefix) scales (e.g. a ground-truth 4x4 start,
-    as in the paper's Fig. 7); the logits of those scales are still computed and returned.
+    as in the paper's Fig. 7); the logits of those scales are still computed and returned. Each
+    scale's guidance weight and top-k come from `sampling` (its ramp, and FlexVAR's rules for
+    untrained sizes when `flexvar_max_size` is set).
     With a tokenizer the last map is decoded to images (and every map, if `decode_intermediates`).
     """
     model.check_labels(label_B)
@@ -83,13 +85,13 @@ def generate(
         for si, size in enumerate(schedule):
             logits_BlV = model.trunk(x_BlC, cond_BD, caches=caches)
             if guided:
-                logits_BlV = guided_logits(logits_BlV[:B], logits_BlV[B:], sampling.cfg_at(si, N))
+                logits_BlV = guided_logits(logits_BlV[:B], logits_BlV[B:], sampling.cfg_at(si, N, size))
             if return_logits:
                 all_logits.append(logits_BlV.float())
             if si < len(prefix):
                 idx_Bl = prefix[si].reshape(B, size * size).to(logits_BlV.device)
             else:
-                idx_Bl = sample_tokens(logits_BlV, sampling.top_k, sampling.top_p, sampling.temperature, rng)
+                idx_Bl = sample_tokens(logits_BlV, sampling.top_k_at(size), sampling.top_p, sampling.temperature, rng)
             maps.append(idx_Bl.reshape(B, size, size))
             if si + 1 < N:
                 nxt = schedule[si + 1]

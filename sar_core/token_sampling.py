@@ -3,19 +3,38 @@
 Guidance follows the VAR/FlexVAR convention: `cfg` is the weight w in
     logits = (1 + w) * cond - w * uncond,
 so cfg = 0 is plain conditional sampling (a standard guidance scale of 1) and the reference repos'
-and the paper's "CFG 2.5" is cfg = 2.5 here. The weight can ramp across scales:
+and the paper's "CFG 2.5" is cfg = 2.5 here. The weight can ramp across the scales i = 0..N-1:
     constant     w_i = cfg
-    linear       w_i = cfg * i / (N - 1)          (VAR / FlexVAR inference: the first scale unguided)
-    half_linear  w_i = cfg * (1 + i / (N - 1)) / 2 (the released SAR code's training rollouts)
+    linear       w_i = cfg * i / (N - 1)           the project's ramp: the first scale unguided, the
+                                                   last at exactly cfg, whatever the number of scales
+    flexvar      w_i = cfg * i / min(N - 1, 9)     FlexVAR's inference code: `linear` on schedules of
+                                                   up to 10 scales; on longer ones (its 13-step
+                                                   setting, 512 px) w keeps rising past cfg
+                                                   (3.33 at the 13th scale for cfg 2.5)
+    half_linear  w_i = cfg * (1 + i / (N - 1)) / 2 the released SAR code's training rollouts
+
+`flexvar_max_size` adds FlexVAR's rules for scales its training never saw (its `max_pn`, 16 at
+256 px): a scale larger than that, or whose size is not one of FLEXVAR_TRAINED_SIZES, is drawn
+greedily (top-k 1), and a scale larger than that gets the full cfg (no ramp). Left at None, every
+scale is drawn with top_k / top_p on the ramp.
+
+`SAMPLING_PRESETS` names complete settings: `flexvar_eval` is FlexVAR's published evaluation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import copy
+from dataclasses import dataclass, fields
+from typing import Any, Literal, get_args
 
 import torch
 
-CfgRamp = Literal["constant", "linear", "half_linear"]
+CfgRamp = Literal["constant", "linear", "flexvar", "half_linear"]
+
+FLEXVAR_TRAINED_SIZES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16, 23, 24, 32)
+"""The scale sizes FlexVAR's sampler draws with top-k / top-p; any other size it draws greedily."""
+
+FLEXVAR_RAMP_STEPS = 9
+"""FlexVAR's guidance ratio si / min(N - 1, 9): its ramp reaches cfg at the 10th scale."""
 
 
 @dataclass(frozen=True)
@@ -23,20 +42,29 @@ class SamplingConfig:
     cfg: float = 2.5
     cfg_ramp: CfgRamp = "linear"
     top_k: int = 900
-    top_p: float = 0.96
+    top_p: float = 0.95
     temperature: float = 1.0
+    flexvar_max_size: int | None = None
 
     def __post_init__(self):
         if self.cfg < 0:
             raise ValueError(f"cfg must be >= 0 (0 disables guidance), got {self.cfg}")
-        if self.cfg_ramp not in ("constant", "linear", "half_linear"):
-            raise ValueError(f"cfg_ramp must be constant, linear or half_linear, got {self.cfg_ramp!r}")
+        if self.cfg_ramp not in get_args(CfgRamp):
+            raise ValueError(f"cfg_ramp must be one of {', '.join(get_args(CfgRamp))}, got {self.cfg_ramp!r}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
         if not 0.0 <= self.top_p <= 1.0:
             raise ValueError(f"top_p must be in [0, 1] (0 or 1 keeps every token), got {self.top_p}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        size = self.flexvar_max_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"flexvar_max_size must be a scale size >= 1 (FlexVAR's max_pn, 16 at 256 px) "
+                             f"or None, got {size!r}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> "SamplingConfig":
+        return cls(**merge_sampling_preset(name, overrides))
 
     def unread_fields(self) -> dict[str, str]:
         """Field -> why sampling with these settings never reads it."""
@@ -47,15 +75,45 @@ class SamplingConfig:
     def summary(self) -> str:
         """The settings in one line, as figures and provenance records show them."""
         guidance = f"cfg {self.cfg:g} ({self.cfg_ramp} ramp)" if self.cfg > 0 else "no cfg"
-        return f"{guidance}, top-k {self.top_k}, top-p {self.top_p:g}, temperature {self.temperature:g}"
+        rules = f", FlexVAR size rules above {self.flexvar_max_size}" if self.flexvar_max_size is not None else ""
+        return f"{guidance}, top-k {self.top_k}, top-p {self.top_p:g}, temperature {self.temperature:g}{rules}"
 
-    def cfg_at(self, scale_index: int, num_scales: int) -> float:
-        ratio = scale_index / (num_scales - 1) if num_scales > 1 else 1.0
-        if self.cfg_ramp == "linear":
-            return self.cfg * ratio
+    def cfg_at(self, scale_index: int, num_scales: int, size: int | None = None) -> float:
+        """Guidance weight of scale `scale_index` (0-based) of `num_scales`; `size` is its side length."""
+        if self.cfg_ramp == "constant" or num_scales == 1 or self.above_trained_size(size):
+            return self.cfg
+        steps = min(num_scales - 1, FLEXVAR_RAMP_STEPS) if self.cfg_ramp == "flexvar" else num_scales - 1
+        ratio = scale_index / steps
         if self.cfg_ramp == "half_linear":
             return self.cfg * 0.5 * (1.0 + ratio)
-        return self.cfg
+        return self.cfg * ratio
+
+    def top_k_at(self, size: int) -> int:
+        """The top-k a scale of this size is drawn with: 1 (greedy) where FlexVAR's rules say so."""
+        if self.flexvar_max_size is not None and (self.above_trained_size(size) or size not in FLEXVAR_TRAINED_SIZES):
+            return 1
+        return self.top_k
+
+    def above_trained_size(self, size: int | None) -> bool:
+        return self.flexvar_max_size is not None and size is not None and size > self.flexvar_max_size
+
+
+SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
+    # FlexVAR's published evaluation (its eval_c2i.py and scripts/evaluate_c2i.sh): cfg 2.5 on its
+    # ramp, top-k 900, top-p 0.95, max_pn 16 (greedy and fully guided above 16x16 and off its sizes).
+    "flexvar_eval": dict(cfg=2.5, cfg_ramp="flexvar", top_k=900, top_p=0.95, temperature=1.0, flexvar_max_size=16),
+}
+
+
+def merge_sampling_preset(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The field values of sampling preset `name` with `overrides` on top: what `preset:` stands for."""
+    if name not in SAMPLING_PRESETS:
+        raise ValueError(f"unknown sampling preset {name!r}; presets: {', '.join(SAMPLING_PRESETS)}")
+    known = {f.name for f in fields(SamplingConfig)}
+    unknown = sorted(set(overrides or {}) - known)
+    if unknown:
+        raise ValueError(f"unknown sampling field {unknown[0]!r}; fields: {', '.join(sorted(known))}")
+    return {**copy.deepcopy(SAMPLING_PRESETS[name]), **(overrides or {})}
 
 
 def guided_logits(cond: torch.Tensor, uncond: torch.Tensor, cfg: float) -> torch.Tensor:
@@ -96,7 +154,9 @@ def sample_tokens(
     exact categorical draw that needs no cumulative sums over the vocabulary.
     """
     V = logits_BlV.shape[-1]
-    logits = logits_BlV.float() / temperature
+    logits = logits_BlV.float()
+    if temperature != 1.0:  # x / 1 is x: no pass over the logits for the common case
+        logits = logits / temperature
     use_p = 0.0 < top_p < 1.0
     if 0 < top_k < V:
         logits, order = logits.topk(top_k, dim=-1)  # sorted, descending
@@ -106,8 +166,8 @@ def sample_tokens(
         order = None
     probs = logits.softmax(dim=-1)
     if use_p:  # logits are sorted: drop a token once the mass before it reaches top_p
-        before = probs.cumsum(dim=-1) - probs
-        probs = probs.masked_fill(before >= top_p, 0.0)
+        before = probs.cumsum(dim=-1).sub_(probs)
+        probs.masked_fill_(before >= top_p, 0.0)
     noise = torch.empty_like(probs).exponential_(generator=generator)
-    choice = (probs / noise).argmax(dim=-1)
+    choice = probs.div_(noise).argmax(dim=-1)
     return choice if order is None else order.gather(-1, choice[..., None])[..., 0]

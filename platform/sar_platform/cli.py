@@ -161,10 +161,11 @@ def _checkpoints(args):
         schedule = tuple(int(s) for s in args.schedule.split(",")) if args.schedule else None
     except ValueError:
         raise UsageError(f"--schedule must be comma-separated scale sizes such as 1,2,3,5,7; got {args.schedule!r}") from None
+    given = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
     try:
-        sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+        sampling = SamplingConfig.from_preset(args.sampling, **given) if args.sampling else SamplingConfig(**given)
     except ValueError as e:
-        raise UsageError(f"--cfg / --top-k / --top-p: {e}") from None
+        raise UsageError(f"--sampling / --cfg / --top-k / --top-p: {e}") from None
     return Checkpoints(args.generator, args.tokenizer, schedule, sampling, args.out, args.device)
 
 
@@ -222,7 +223,7 @@ def cmd_import_flexvar(args) -> int:
     from sar_core.flexvar_import import import_flexvar
 
     generator, vqvae, out, image_size = build_import_flexvar(args)
-    gen, tok = import_flexvar(generator, vqvae, out, image_size=image_size)
+    gen, tok = import_flexvar(generator, vqvae, out, image_size=image_size, report=print)
     print(f"generator -> {gen}\ntokenizer -> {tok}")
     return 0
 
@@ -287,9 +288,11 @@ def add_checkpoint_arguments(p) -> None:
     p.add_argument("--generator", required=True, help="generator .safetensors")
     p.add_argument("--tokenizer", required=True, help="tokenizer .safetensors")
     p.add_argument("--schedule", help="scales, e.g. 1,2,3,4,5,7 (default: 1..latent size)")
-    p.add_argument("--cfg", type=float, default=2.5)
-    p.add_argument("--top-k", type=int, default=900)
-    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--sampling", metavar="PRESET",
+                   help="a sampling preset: flexvar_eval is FlexVAR's published evaluation; --cfg/--top-k/--top-p override it")
+    p.add_argument("--cfg", type=float, help="guidance weight (default: the preset's, else the spec default 2.5)")
+    p.add_argument("--top-k", type=int, help="(default: the preset's, else 900)")
+    p.add_argument("--top-p", type=float, help="(default: the preset's, else 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seeds the generation (eval: also the reference images)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")

@@ -23,8 +23,7 @@ from sar_core.objectives.batch import ObjectiveOutput, TokenBatch
 from sar_core.objectives.config import ObjectiveConfig
 from sar_core.objectives.csfl import csfl_loss, csfl_targets, graded_scales
 from sar_core.objectives.diagnostics import gap_diagnostics
-from sar_core.objectives.metrics import (per_scale_entries, per_scale_mean, to_floats, token_accuracy,
-                                         token_cross_entropy)
+from sar_core.objectives.metrics import log_probs, per_scale_entries, per_scale_mean, to_floats, token_accuracy, token_nll
 from sar_core.objectives.rollout import RolloutDraw, shifted_inputs, stagger_scale_rollout
 from sar_core.objectives.student_forcing import student_forced_inputs
 from sar_core.objectives.weighting import ScaleWeighting
@@ -64,21 +63,24 @@ class Objective:
     def sar(self, model, label_B, x_tf, batch: TokenBatch, rng) -> ObjectiveOutput:
         cfg, schedule = self.config, batch.schedule
         teacher = model(label_B, x_tf, schedule)
-        loss_tf, metrics = self.ground_truth_loss("tf", teacher, batch)
+        teacher_logp = log_probs(teacher)  # once, for L_TF and the soft CSFL target
+        loss_tf, metrics = self.ground_truth_loss("tf", teacher, batch, teacher_logp)
         n = math.ceil(cfg.student_fraction * label_B.shape[0])  # the student rows: a cost knob
         graded = graded_scales(cfg.csfl_scales, len(schedule), rng)
         ssr = stagger_scale_rollout(model, label_B[:n], teacher[:n], x_tf[:n], schedule, graded, self.draw,
                                     cfg.rollout_depth, cfg.student_context, cfg.csfl_target == "teacher_hard", rng)
-        targets = csfl_targets(cfg.csfl_target, schedule, graded, teacher[:n], ssr.teacher_samples, batch.tokens[:n])
+        targets = csfl_targets(cfg.csfl_target, schedule, graded, teacher_logp[:n], ssr.teacher_samples, batch.tokens[:n])
         sizes = ScaleSchedule(schedule.scales[graded.start:graded.stop])
         loss_csf, csf_S = csfl_loss(ssr.logits, targets, sizes, self.weighting(sizes.scales, teacher.device))
         metrics.update(per_scale_entries("csf/loss", csf_S, sizes.scales))
         return self.output(loss_tf + cfg.gamma * loss_csf, {"loss/tf": loss_tf, "loss/csf": loss_csf}, metrics)
 
-    def ground_truth_loss(self, name: str, logits_BLV: torch.Tensor, batch: TokenBatch):
-        """Weighted cross-entropy of a pass to the ground truth; feeds the dynamic weighting."""
+    def ground_truth_loss(self, name: str, logits_BLV: torch.Tensor, batch: TokenBatch, log_probs_BLV=None):
+        """Weighted cross-entropy of a pass to the ground truth; feeds the dynamic weighting.
+        `log_probs_BLV`: the pass's log-probabilities when the caller needs them too (computed once)."""
         schedule, sizes = batch.schedule, batch.schedule.scales
-        loss_N = per_scale_mean(token_cross_entropy(logits_BLV, batch.tokens), schedule)
+        logp = log_probs(logits_BLV) if log_probs_BLV is None else log_probs_BLV
+        loss_N = per_scale_mean(token_nll(logp, batch.tokens), schedule)
         self.weighting.observe(sizes, loss_N)
         w_N = self.weighting(sizes, logits_BLV.device)
         acc_N = per_scale_mean(token_accuracy(logits_BLV.detach(), batch.tokens), schedule)

@@ -76,6 +76,10 @@ class ObjectiveConfig:
         if self.student_context == "single_scale" and self.csfl_scales == "all":
             raise ValueError("student_context='single_scale' trains one transition per step, so csfl_scales must be "
                              "'last' or 'random_one'; got csfl_scales='all' (use student_context='full' for all scales)")
+        if self.rollout.flexvar_max_size is not None:
+            raise ValueError("rollout.flexvar_max_size is a rule of FlexVAR's sampler at inference (greedy and fully "
+                             "guided at sizes its training never saw); training rollouts draw every scale alike: "
+                             "leave it out")
         if self.sampling == "cfg" and self.rollout.cfg == 0:
             raise ValueError("sampling='cfg' needs rollout.cfg > 0 (cfg 0 is unguided: use sampling='stochastic')")
         if self.preset and self.preset not in OBJECTIVE_PRESETS:

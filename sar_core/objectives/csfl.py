@@ -2,7 +2,7 @@
 
 Targets (`csfl_target`), all without gradient:
     teacher_soft  KL(teacher || student) per token against the teacher pass's detached distribution
-                  (the paper's equation 10)
+                  (the paper's equation 10; passed as the log-probabilities L_TF already computed)
     teacher_hard  cross-entropy to the token drawn from the teacher's prediction at that scale
                   (the released code)
     ground_truth  cross-entropy to the ground-truth token (Algorithm 1, line 24: naive student forcing)
@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from sar_core.objectives.metrics import per_scale_mean, token_cross_entropy, token_kl
+from sar_core.objectives.metrics import log_prob_kl, log_probs, per_scale_mean, token_cross_entropy
 from sar_core.objectives.rollout import span
 from sar_core.schedule import ScaleSchedule
 
@@ -31,11 +31,12 @@ def graded_scales(csfl_scales: str, num_scales: int, rng: torch.Generator | None
     return range(s, s + 1)
 
 
-def csfl_targets(csfl_target: str, schedule: ScaleSchedule, graded: range, teacher_logits_BLV: torch.Tensor,
+def csfl_targets(csfl_target: str, schedule: ScaleSchedule, graded: range, teacher_log_probs_BLV: torch.Tensor,
                  teacher_samples: Sequence[torch.Tensor], tokens_BL: torch.Tensor) -> torch.Tensor:
-    """Targets of the graded scales, without gradient: teacher logits (B, l, V) or token indices (B, l)."""
+    """Targets of the graded scales, without gradient: the teacher's log-probabilities (B, l, V) or
+    token indices (B, l)."""
     if csfl_target == "teacher_soft":
-        return teacher_logits_BLV[:, span(schedule, graded)].detach()
+        return teacher_log_probs_BLV[:, span(schedule, graded)].detach()
     if csfl_target == "teacher_hard":
         return torch.cat(list(teacher_samples[graded.start:graded.stop]), dim=1)
     return tokens_BL[:, span(schedule, graded)]
@@ -46,8 +47,11 @@ def csfl_loss(student_BlV: torch.Tensor, target: torch.Tensor, graded: ScaleSche
     """sum_s w_s * (mean over scale s's tokens of the per-token loss) -> (loss, (S,) per-scale losses).
 
     `graded` is the schedule of the graded scales' sizes. A target with a vocabulary axis is a
-    teacher distribution (KL); otherwise token indices (cross-entropy).
+    teacher distribution as log-probabilities (KL); otherwise token indices (cross-entropy).
     """
-    token_loss = token_kl(student_BlV, target) if target.ndim == student_BlV.ndim else token_cross_entropy(student_BlV, target)
+    if target.ndim == student_BlV.ndim:
+        token_loss = log_prob_kl(log_probs(student_BlV), target)
+    else:
+        token_loss = token_cross_entropy(student_BlV, target)
     per_scale = per_scale_mean(token_loss, graded)
     return (weights_S * per_scale).sum(), per_scale

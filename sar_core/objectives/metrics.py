@@ -19,16 +19,30 @@ def scale_key(size: int) -> str:
     return f"s{size:02d}"
 
 
+def log_probs(logits_BlV: torch.Tensor) -> torch.Tensor:
+    """(B, l, V) logits -> float32 log-probabilities over the vocabulary."""
+    return F.log_softmax(logits_BlV.float(), dim=-1)
+
+
 def token_cross_entropy(logits_BlV: torch.Tensor, target_Bl: torch.Tensor) -> torch.Tensor:
     """(B, l, V) logits and (B, l) token indices -> (B, l) cross-entropy."""
-    return F.cross_entropy(logits_BlV.float().flatten(0, 1), target_Bl.flatten(), reduction="none").view_as(target_Bl)
+    return token_nll(log_probs(logits_BlV), target_Bl)
+
+
+def token_nll(log_probs_BlV: torch.Tensor, target_Bl: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy from log-probabilities: bit-identical to F.cross_entropy on the logits, which
+    computes exactly this, so a pass whose log-probabilities are needed again computes them once."""
+    return F.nll_loss(log_probs_BlV.flatten(0, 1), target_Bl.flatten(), reduction="none").view_as(target_Bl)
 
 
 def token_kl(student_BlV: torch.Tensor, teacher_BlV: torch.Tensor) -> torch.Tensor:
     """(B, l) KL(teacher || student) per token; the teacher side is whatever the caller passes (detach it)."""
-    log_q = F.log_softmax(student_BlV.float(), dim=-1)
-    log_p = F.log_softmax(teacher_BlV.float(), dim=-1)
-    return F.kl_div(log_q, log_p, log_target=True, reduction="none").sum(-1)
+    return log_prob_kl(log_probs(student_BlV), log_probs(teacher_BlV))
+
+
+def log_prob_kl(student_log_probs_BlV: torch.Tensor, teacher_log_probs_BlV: torch.Tensor) -> torch.Tensor:
+    """`token_kl` from log-probabilities (B, l, V) -> (B, l)."""
+    return F.kl_div(student_log_probs_BlV, teacher_log_probs_BlV, log_target=True, reduction="none").sum(-1)
 
 
 def token_accuracy(logits_BlV: torch.Tensor, target_Bl: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,8 @@ class RolloutDraw:
         if self.guided:
             ramp = torch.tensor([self.settings.cfg_at(i, num_scales) for i in range(num_scales)], device=logits.device)
             w_l1 = ramp[scale_index_l].unsqueeze(-1)
-            logits = logits + w_l1 * (logits - uncond_BlV.float())
+            # cond + w * (cond - uncond), in one buffer: these draws cover most of the pass's logits
+            logits = torch.sub(logits, uncond_BlV.float()).mul_(w_l1).add_(logits)
         s = self.settings
         return sample_tokens(logits, s.top_k, s.top_p, s.temperature, rng)
 

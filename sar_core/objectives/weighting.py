@@ -63,12 +63,15 @@ class ScaleWeighting:
 
 
 def _mean_across_ranks(sizes: Sequence[int], loss_S: torch.Tensor) -> torch.Tensor:
-    """Average per-scale losses over DDP ranks. Ranks may hold different schedules (they share the
-    last scale, the latent size), so the values travel in a vector indexed by scale size."""
+    """Average per-scale losses over DDP ranks. Ranks may hold different schedules, even of different
+    last scales (FlexVAR's draw can drop the last one), so the values travel in a vector indexed by
+    scale size, as long as the largest size on any rank."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return loss_S
     idx = torch.tensor(list(sizes), device=loss_S.device)
-    buf = torch.zeros(2, max(sizes) + 1, device=loss_S.device)
+    longest = torch.tensor([max(sizes)], device=loss_S.device)
+    dist.all_reduce(longest, op=dist.ReduceOp.MAX)
+    buf = torch.zeros(2, int(longest) + 1, device=loss_S.device)
     buf[0, idx] = loss_S
     buf[1, idx] = 1.0
     dist.all_reduce(buf)

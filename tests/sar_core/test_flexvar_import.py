@@ -1,5 +1,10 @@
+import argparse
 import math
+import pickle
+from collections import OrderedDict
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -104,3 +109,97 @@ def test_unknown_or_missing_reference_keys_fail_loudly(small_reference_files, tm
     torch.save(broken, tmp_path / "bad_gen.pth")
     with pytest.raises(CheckpointError, match=r"missing \(1\): blocks\.1\.mlp\.fc2\.bias"):
         import_flexvar(tmp_path / "bad_gen.pth", vq_path, tmp_path / "out")
+
+
+def optimizer_state(seed: int) -> dict:
+    """A real AdamW state after one step, as a trainer's checkpoint holds it."""
+    params = [torch.nn.Parameter(torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)))]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    params[0].sum().backward()
+    opt.step()
+    return opt.state_dict()
+
+
+def published_layouts(gen, vq):
+    """The two files as the reference's training code writes them: FlexVAR's trainer checkpoint
+    (epoch, trainer config, optimizer and grad-scaler state, its arguments), and LlamaGen's VQ
+    checkpoint (optimizers, a numpy step count, an argparse.Namespace with numpy values)."""
+    generator_file = {
+        "epoch": 180, "iter": 0,
+        "trainer": {
+            "config": {"patch_nums": (1, 2, 4, 8), "resos": (16, 32, 64, 128), "label_smooth": 0.0, "prog_it": 0,
+                       "last_prog_si": -1, "first_prog": True},
+            "var_wo_ddp": gen, "vae_local": vq,
+            "var_opt": {"optimizer": optimizer_state(0), "scaler": {"scale": 65536.0, "growth_factor": 2.0, "_growth_tracker": 7}},
+        },
+        "args": OrderedDict(depth=2, tblr=1e-4, patch_nums="1_2_4_8", fp16=np.int64(1), twde=np.float64(0.05)),
+    }
+    vqvae_file = {
+        "model": vq, "optimizer": optimizer_state(1), "discriminator": {"conv.weight": torch.zeros(2, 3)},
+        "optimizer_disc": optimizer_state(2), "steps": np.int64(300_000),
+        "args": argparse.Namespace(vq_model="VQ-16", codebook_size=32, lr=np.float32(1e-4), ema=True,
+                                   mean=np.array([0.5, 0.5, 0.5]), image_size=256),
+    }
+    return generator_file, vqvae_file
+
+
+def test_published_training_files_import_as_they_are(small_reference_files, tmp_path):
+    _, _, gen, vq = small_reference_files
+    generator_file, vqvae_file = published_layouts(gen, vq)
+    torch.save(generator_file, tmp_path / "FlexVARd2-epo179.pth")
+    torch.save(vqvae_file, tmp_path / "FlexVAE.pth")
+    with pytest.raises(pickle.UnpicklingError, match="Unsupported global"):
+        torch.load(tmp_path / "FlexVAE.pth", weights_only=True)  # a tensors-only load refuses them
+    lines = []
+    out_gen, out_tok = import_flexvar(tmp_path / "FlexVARd2-epo179.pth", tmp_path / "FlexVAE.pth", tmp_path / "out",
+                                      image_size=16, report=lines.append)
+    torch.testing.assert_close(load_model(out_gen, kind="generator").state_dict()["blocks.1.mlp.fc2.bias"], gen["blocks.1.ffn.fc2.bias"])
+    torch.testing.assert_close(load_model(out_tok, kind="tokenizer").state_dict()["codebook.weight"], vq["quantize.embedding.weight"])
+    assert lines == [
+        "FlexVAE.pth: weights from ['model']; not imported: optimizer, discriminator, optimizer_disc, steps, args",
+        "FlexVARd2-epo179.pth: weights from ['trainer']['var_wo_ddp']; not imported: epoch, iter, args, "
+        "trainer.config, trainer.vae_local, trainer.var_opt",
+    ]
+
+
+class TrainingArguments:
+    """An argument class of a training code base: a type outside the importer's allow-list."""
+
+    built_from_checkpoints: list = []
+
+    def __init__(self, **values):
+        self.__dict__.update(values)
+
+    def __setstate__(self, state):
+        TrainingArguments.built_from_checkpoints.append(state)
+
+
+def leave_mark(path: str) -> None:
+    Path(path).write_text("code from a checkpoint ran")
+
+
+class RunsCodeWhenUnpickled:
+    """The classic pickle exploit: unpickling calls leave_mark(marker)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return leave_mark, (self.marker,)
+
+
+def test_objects_of_unknown_types_are_skipped_unread_and_their_code_never_runs(small_reference_files, tmp_path):
+    gen_path, vq_path, gen, _ = small_reference_files
+    marker = tmp_path / "marker"
+    torch.save({"trainer": {"var_wo_ddp": gen}, "args": TrainingArguments(depth=2, lr=1e-4),
+                "callback": RunsCodeWhenUnpickled(marker)}, tmp_path / "gen.pth")
+    lines = []
+    out_gen, _ = import_flexvar(tmp_path / "gen.pth", vq_path, tmp_path / "out", image_size=16, report=lines.append)
+    assert not marker.exists() and TrainingArguments.built_from_checkpoints == []
+    here = "tests.sar_core.test_flexvar_import"
+    assert lines[-1] == (f"gen.pth: weights from ['trainer']['var_wo_ddp']; not imported: args, callback; objects of "
+                         f"unknown types skipped unread: {here}.TrainingArguments, {here}.leave_mark")
+    torch.testing.assert_close(load_model(out_gen, kind="generator").state_dict()["head.weight"], gen["head.weight"])
+    (tmp_path / "broken.pth").write_bytes((tmp_path / "gen.pth").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="broken.pth: cannot be read as a weights-only PyTorch checkpoint"):
+        import_flexvar(tmp_path / "broken.pth", vq_path, tmp_path / "out2")

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from sar_core.generation import generate
+from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig, guided_logits
 from sar_core.tokenizer import flatten_tokens
 
@@ -73,3 +74,46 @@ def test_model_is_left_in_its_training_mode(generator_model, tokenizer, schedule
     generate(generator_model, tokenizer, torch.tensor([0]), schedule, SamplingConfig())
     assert generator_model.training
 
+
+
+def reference_weights(cfg: float, schedule, max_size: int) -> list[float]:
+    """FlexVAR's guidance per scale: cfg * si / min(N - 1, 9) up to its training size, cfg above it."""
+    N = len(schedule)
+    return [cfg if size > max_size else cfg * si / min(N - 1, 9) for si, size in enumerate(schedule)]
+
+
+def guided_reference(model, labels, out, schedule, weights):
+    idx = flatten_tokens(out.token_maps)
+    cond = schedule.split(model.forward_tokens(labels, idx, schedule))
+    uncond = schedule.split(model.forward_tokens(torch.full_like(labels, model.config.null_class), idx, schedule))
+    return [(1 + w) * c - w * u for w, c, u in zip(weights, cond, uncond)]
+
+
+def test_flexvar_sampling_ramps_past_cfg_on_long_schedules(generator_model):
+    schedule = ScaleSchedule(tuple(range(1, 13)))  # 12 scales: the reference's ratio runs to 11/9
+    labels = torch.tensor([2, 7])
+    sampling = SamplingConfig(cfg=2.5, cfg_ramp="flexvar", **NO_FILTER)
+    out = generate(generator_model, None, labels, schedule, sampling, rng=torch.Generator().manual_seed(0), return_logits=True)
+    weights = reference_weights(2.5, schedule, max_size=schedule.last)
+    assert weights[-1] == pytest.approx(2.5 * 11 / 9)
+    for got, expected in zip(out.logits, guided_reference(generator_model, labels, out, schedule, weights)):
+        torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_flexvar_size_rules_are_greedy_and_fully_guided_where_the_reference_is(generator_model, schedule):
+    # schedule 1, 2, 3, 5, 7 with training size 3: 5 and 7 lie above it (and 7 is no FlexVAR size)
+    labels = torch.arange(6)
+    sampling = SamplingConfig(cfg=2.5, cfg_ramp="flexvar", top_k=0, top_p=0.0, flexvar_max_size=3)
+    weights = reference_weights(2.5, schedule, max_size=3)
+    assert weights == [0.0, 2.5 / 4, 2.5 / 2, 2.5, 2.5]
+    maps = []
+    for seed in range(3):
+        out = generate(generator_model, None, labels, schedule, sampling, rng=torch.Generator().manual_seed(seed),
+                       return_logits=True)
+        expected = guided_reference(generator_model, labels, out, schedule, weights)
+        for size, got, want, tokens in zip(schedule, out.logits, expected, out.token_maps):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+            if size > 3:
+                assert torch.equal(tokens.flatten(1), got.argmax(-1))  # greedy
+        maps.append(out.token_maps[2])
+    assert any(not torch.equal(maps[0], m) for m in maps[1:])  # the 3x3 scale is still sampled

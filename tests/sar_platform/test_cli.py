@@ -71,7 +71,8 @@ def alternative(action: argparse.Action, base: list[str], other_spec: str) -> li
     if flag in base:  # a required string given in the base: another value
         i = base.index(flag)
         return [*base[:i + 1], base[i + 1] + ".other", *base[i + 2:]]
-    return [*base, flag, "1,2,3,5,7" if action.dest == "schedule" else ("0,3" if action.dest == "labels" else "x-value")]
+    value = {"schedule": "1,2,3,5,7", "labels": "0,3", "sampling": "flexvar_eval"}.get(action.dest, "x-value")
+    return [*base, flag, value]
 
 
 def built(argv: list[str]):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sar_core.objectives import ObjectiveConfig
+from sar_core.token_sampling import SamplingConfig
 from sar_platform.spec import SpecError, SweepJob, TrainJob, load_job
 from sar_platform.spec.overrides import trial_job
 from tests.conftest import REPO
@@ -79,6 +80,33 @@ def test_objective_presets_expand_with_explicit_fields_on_top(tmp_path):
     job = load_job(write(tmp_path, TRAIN + "objective: {preset: released_code, gamma: 0.05, rollout: {cfg: 2.0}}\n"))
     assert job.objective == ObjectiveConfig.from_preset("released_code", gamma=0.05, rollout={"cfg": 2.0})
     assert job.objective.csfl_target == "teacher_hard" and job.objective.rollout.top_p == 0.96
+
+
+def test_sampling_presets_expand_with_explicit_fields_on_top(tmp_path):
+    job = load_job(write(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar_eval, top_k: 50}}\n"))
+    assert job.eval.sampling == SamplingConfig.from_preset("flexvar_eval", top_k=50)
+    assert job.eval.sampling.cfg_ramp == "flexvar" and job.eval.sampling.flexvar_max_size == 16
+    (problem,) = errors(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar}}\n")
+    assert ":7:" in problem and "eval.sampling: unknown sampling preset 'flexvar'; presets: flexvar_eval" in problem
+    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {flexvar_max_size: 16}}\n")
+    assert "rollout.flexvar_max_size is a rule of FlexVAR's sampler at inference" in problem
+
+
+def test_the_reference_schedule_draw_is_a_named_choice_of_random_schedules(tmp_path):
+    flexvar = TRAIN.replace("schedule: {scales: [1, 2, 3, 5, 7]}",
+                            "schedule: {scales: [1, 2, 3, 5, 7], random: true, draw_rule: flexvar, max_tokens: 90}")
+    job = load_job(write(tmp_path, flexvar))
+    assert job.schedule.draw().rule == "flexvar" and job.schedule.smallest_last() < 7
+    assert load_job(write(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], random: true}"))).schedule.draw().rule == "keep_last"
+    (problem,) = errors(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], draw_rule: flexvar}"))
+    assert "schedule.draw_rule: is only read with schedule.random: true" in problem
+    # sf_hybrid needs every schedule to reach hybrid_scale: a draw that can end below it is refused
+    (problem,) = errors(tmp_path, flexvar + "objective: {kind: sf_hybrid, hybrid_scale: 7}\n")
+    last = job.schedule.smallest_last()
+    assert f"objective.hybrid_scale: 7 leaves no student-forced scale in schedule draws that end at {last}x{last}" in problem
+    assert load_job(write(tmp_path, flexvar + f"objective: {{kind: sf_hybrid, hybrid_scale: {last}}}\n"))
+    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 8}\n")
+    assert "use a size <= 7" in problem
 
 
 SWEEP = """\

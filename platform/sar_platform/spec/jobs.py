@@ -20,7 +20,7 @@ from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, StrictModel, Unread, prefixed
 from sar_platform.spec.overrides import check_sweep, trial_job
-from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, ScheduleSpec
+from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, Sampling, ScheduleSpec
 
 Precision = Literal["auto", "fp32", "bf16"]
 """auto: bf16 autocast on GPU workers, fp32 on CPU."""
@@ -75,7 +75,8 @@ class DataSpec(StrictModel):
 class ScoringSpec(StrictModel):
     """How generated samples are drawn and scored."""
 
-    sampling: SamplingConfig = SamplingConfig()
+    sampling: Sampling = SamplingConfig()
+    """How samples are drawn; `preset: flexvar_eval` is FlexVAR's published evaluation (fields set next to it override it)."""
     metrics: MetricConfig = MetricConfig()
     figures: bool = True
     """Log the sample grid, the trajectory (Fig. 7) and, in training, the student-forcing rows (Fig. 8)."""
@@ -177,9 +178,11 @@ class TrainJob(JobCommon):
         out = []
         if self.eval.evaluates:
             out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
-        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > scales[-1]:
+        last = self.schedule.smallest_last()
+        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > last:
+            where = "schedule draws that end" if self.schedule.random else "schedule.scales, which ends"
             out.append((("objective", "hybrid_scale"), f"{self.objective.hybrid_scale} leaves no student-forced scale in "
-                                                       f"schedule.scales {list(scales)}; use a size <= {scales[-1]}"))
+                                                       f"{where} at {last}x{last}; use a size <= {last}"))
         if len(scales) < 2:
             out.append((("schedule", "scales"), "training needs at least two scales (the first is predicted from the class "
                                                 "token alone)"))
@@ -194,6 +197,12 @@ class TrainJob(JobCommon):
             raise ValueError("set model (to train from scratch) or init_from (a generator checkpoint to post-train)")
         if self.init_from is not None and self.model is not None:
             raise ValueError("init_from carries the model config: leave model out (or drop init_from)")
+        return self
+        last = self.schedule.smallest_last()
+        if self.objective.hybrid_scale > last:
+            raise ValueError(f"objective.hybrid_scale={self.objective.hybrid_scale} leaves no student-forced scale in "
+                             f"schedules that end at {last}x{last} (the smallest last scale of schedule "
+                             f"{'draws' if self.schedule.random else '.scales'}); use hybrid_scale <= {last}")
         return self
 
 

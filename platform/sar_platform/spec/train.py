@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from sar_core.objectives import ObjectiveConfig, SamplingStrategy, merge_preset, unread_rollout_fields
-from sar_core.schedule import ScaleSchedule, ScheduleDraw
-from sar_core.token_sampling import SamplingConfig
+from sar_core.schedule import DrawRule, ScaleSchedule, ScheduleDraw
+from sar_core.token_sampling import SamplingConfig, merge_sampling_preset
 from sar_platform.spec.common import StrictModel, Unread
 
 
@@ -63,6 +63,9 @@ class ScheduleSpec(StrictModel):
     """With `random`: probability of using `scales` itself in an iteration."""
     max_tokens: int | None = Field(None, ge=1)
     """With `random`: cap on tokens per drawn schedule (FlexVAR: 680 at 256 px)."""
+    draw_rule: DrawRule = "keep_last"
+    """With `random`: `flexvar` is the reference code's draw (the token cap may drop the last scale, so
+    a third of the 256-px draws end below 16x16); `keep_last` always ends at the latent size."""
 
     @field_validator("scales")
     @classmethod
@@ -80,14 +83,18 @@ class ScheduleSpec(StrictModel):
         if self.random:
             return {}
         why = "is only read with schedule.random: true (a fixed schedule draws nothing)"
-        return {("default_prob",): why, ("max_tokens",): why}
+        return {("default_prob",): why, ("max_tokens",): why, ("draw_rule",): why}
 
     @property
     def default(self) -> ScaleSchedule:
         return ScaleSchedule(self.scales)
 
     def draw(self) -> ScheduleDraw:
-        return ScheduleDraw(self.default, default_prob=self.default_prob, max_tokens=self.max_tokens)
+        return ScheduleDraw(self.default, default_prob=self.default_prob, max_tokens=self.max_tokens, rule=self.draw_rule)
+
+    def smallest_last(self) -> int:
+        """The smallest size any schedule of the job ends at."""
+        return self.draw().smallest_last() if self.random else self.scales[-1]
 
 
 def expand_objective_preset(value: Any) -> Any:
@@ -99,6 +106,17 @@ def expand_objective_preset(value: Any) -> Any:
 
 
 Objective = Annotated[ObjectiveConfig, BeforeValidator(expand_objective_preset)]
+
+
+def expand_sampling_preset(value: Any) -> Any:
+    """`sampling: {preset: flexvar_eval, cfg: 2.0}` -> the preset's fields with the user's on top."""
+    if isinstance(value, dict) and "preset" in value:
+        rest = {k: v for k, v in value.items() if k != "preset"}
+        return merge_sampling_preset(value["preset"], rest)
+    return value
+
+
+Sampling = Annotated[SamplingConfig, BeforeValidator(expand_sampling_preset)]
 
 
 class CheckpointSpec(StrictModel):
