@@ -1,7 +1,8 @@
 """Model checkpoints: safetensors weights with the model's config in the file header.
 
 A checkpoint is self-describing (`load_model(path)` rebuilds the model from its stored config) and
-never executes code on load. Loading weights into a model whose config differs fails with the list
+never executes code on load. A training checkpoint folder carries a manifest (size and SHA-256 of
+every file, written last), so a truncated or altered folder is recognised before it is used. Loading weights into a model whose config differs fails with the list
 of missing, unexpected and mis-shaped tensors.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -131,3 +132,75 @@ def load_model(
     model = model_cls(config if config is not None else stored_config)
     load_state_strict(model, read_tensors(path), str(path))
     return model.to(device)
+
+
+# -- checkpoint folders: a manifest of every file, written last, checked before use ------------
+
+MANIFEST_FILE = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def _sha256(chunks: Iterable[bytes]) -> str:
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            yield chunk
+
+
+def write_manifest(directory: str | Path) -> Path:
+    """Record the size and SHA-256 of every file of a checkpoint folder in `manifest.json`, written
+    last and atomically: a folder without a complete manifest was not completely written."""
+    directory = Path(directory)
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(_file_chunks(p))}
+        for p in sorted(directory.rglob("*")) if p.is_file() and p.name != MANIFEST_FILE and not p.name.endswith(".tmp")
+    }
+    tmp = directory / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(json.dumps({"format": FORMAT, "files": files}, indent=1))
+    tmp.replace(directory / MANIFEST_FILE)
+    return directory / MANIFEST_FILE
+
+
+def manifest_problems(manifest_text: str | None, size_of: Callable[[str], int | None],
+                      chunks_of: Callable[[str], Iterable[bytes]]) -> list[str]:
+    """What is wrong with a checkpoint folder, given its manifest's text (None: absent) and how to
+    read its files (`size_of(name)` is None for a missing file). Empty: every file is intact."""
+    if manifest_text is None:
+        return [f"no {MANIFEST_FILE}: the checkpoint was not completely written"]
+    try:
+        files = json.loads(manifest_text)["files"]
+    except (ValueError, KeyError, TypeError):
+        return [f"{MANIFEST_FILE} is unreadable"]
+    problems = []
+    for name, expected in files.items():
+        size = size_of(name)
+        if size is None:
+            problems.append(f"{name} is missing")
+        elif size != expected["size"]:
+            problems.append(f"{name} has {size} bytes, {expected['size']} were written (truncated or overwritten)")
+        elif _sha256(chunks_of(name)) != expected["sha256"]:
+            problems.append(f"{name} does not match its checksum (its bytes changed after it was written)")
+    return problems
+
+
+def checkpoint_folder_problems(directory: str | Path) -> list[str]:
+    """`manifest_problems` of a local checkpoint folder."""
+    directory = Path(directory)
+    manifest = directory / MANIFEST_FILE
+    return manifest_problems(
+        manifest.read_text() if manifest.is_file() else None,
+        lambda name: (directory / name).stat().st_size if (directory / name).is_file() else None,
+        lambda name: _file_chunks(directory / name),
+    )
+
+
+def verify_checkpoint_folder(directory: str | Path) -> None:
+    """Raise CheckpointError naming every damaged file of a checkpoint folder."""
+    if problems := checkpoint_folder_problems(directory):
+        raise CheckpointError(f"checkpoint {directory} is damaged: " + "; ".join(problems))

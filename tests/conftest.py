@@ -64,11 +64,9 @@ def fmnist_small():
 def ray_local():
     """The embedded cluster `sar run` would start (2 CPUs, loopback, the repository as working_dir),
     started once for the whole session: Ray allows one per process."""
-    import ray
-
+    from sar_platform.driver import embedded_ray
     from sar_platform.services.ray_env import repository_runtime_env
 
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1",
-             runtime_env=repository_runtime_env(REPO), configure_logging=False)
+    reaper = embedded_ray.start(2, repository_runtime_env(REPO), configure_logging=False)
     yield
-    ray.shutdown()
+    embedded_ray.stop(reaper)

@@ -18,3 +18,10 @@ The package is laid out by where code runs:
 No worker module imports a driver module or the reverse, and the import graph has no cycle
 (tests/test_layout.py checks both).
 """
+import os as _os
+
+# MLflow 3 sends client usage telemetry to the MLflow project, from a thread that races with the
+# tracking calls of concurrent processes (a sweep trial died of it). Off unless the user turned it
+# on (MLFLOW_DISABLE_TELEMETRY=false); set before anything imports mlflow, in every process that
+# imports this package (the `sar` process, Ray workers, Tune trials).
+_os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

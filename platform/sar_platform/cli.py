@@ -11,31 +11,41 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+EXIT_FAILED = 1
+"""A job ran and failed (its MLflow run is FAILED)."""
 EXIT_SPEC_ERROR = 2
+"""Bad input, found before anything started."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C (128 + SIGINT); SIGTERM exits 143 (128 + SIGTERM). The runs are KILLED, `--resume` continues."""
 
 
 class UsageError(ValueError):
     """A flag value that cannot be used; the message names the flag."""
 
 
-def _load(paths):
-    """Validate every spec before anything else happens; exit 2 with file:line:col errors."""
-    from sar_platform.spec import SpecError, load_job
+def _load_located(paths):
+    """Validate every spec before anything else happens; exit 2 with file:line:col errors.
+    Returns (job, locator) pairs."""
+    from sar_platform.spec import SpecError, load_located_job
 
-    jobs, failed = [], False
+    loaded, failed = [], False
     for path in paths:
         try:
-            jobs.append(load_job(path))
+            loaded.append(load_located_job(path))
         except SpecError as e:
             failed = True
             print(str(e), file=sys.stderr)
     if failed:
         raise SystemExit(EXIT_SPEC_ERROR)
-    return jobs
+    return loaded
+
+
+def _load(paths):
+    return [job for job, _ in _load_located(paths)]
 
 
 def build_validate(args) -> tuple:
@@ -43,9 +53,23 @@ def build_validate(args) -> tuple:
 
 
 def cmd_validate(args) -> int:
-    for path, job in build_validate(args):
+    """The spec, then what it needs on disk (checkpoints, data, data sizes): what `sar run` checks
+    before it starts anything."""
+    loaded = _load_located(args.specs)
+    from sar_platform.kinds import check_inputs  # the checks' modules load after the specs proved valid
+    from sar_platform.services.storage import Workspace
+    from sar_platform.spec import SpecError
+
+    status = 0
+    for path, (job, locator) in zip(args.specs, loaded):
+        try:
+            check_inputs(job, Workspace.of(job.storage), locator)
+        except SpecError as e:
+            print(str(e), file=sys.stderr)
+            status = EXIT_SPEC_ERROR
+            continue
         print(f"ok: {path} ({job.kind} '{job.name}')")
-    return 0
+    return status
 
 
 def build_schema(args) -> None:
@@ -66,28 +90,39 @@ class RunRequest:
     address: str | None
     resume: bool
     num_cpus: int | None
+    locator: Any = field(compare=False)  # where each field is written, for checks made later
 
 
 def build_run(args) -> RunRequest:
-    (job,) = _load([args.spec])
+    ((job, locator),) = _load_located([args.spec])
+    from sar_platform.spec.loader import read_text
+
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and args.address:
         raise UsageError("--num-cpus sizes the embedded Ray; it is not read with --address (the cluster has its own)")
-    return RunRequest(job, Path(args.spec).read_text(), args.address, args.resume, args.num_cpus)
+    return RunRequest(job, read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator)
 
 
 def cmd_run(args) -> int:
     request = build_run(args)
-    from sar_platform.runner import run_job
+    from sar_platform.driver.session import JobFailed
+    from sar_platform.runner import Terminated, run_job
     from sar_platform.spec import SpecError
 
     try:
         run_job(request.job, spec_text=request.spec_text, address=request.address, resume=request.resume,
-                num_cpus=request.num_cpus)
+                num_cpus=request.num_cpus, locator=request.locator)
     except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
         print(str(e), file=sys.stderr)
         return EXIT_SPEC_ERROR
+    except JobFailed as e:
+        print(f"[sar] {e}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt as e:
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"[sar] {what}; the checkpoints are kept. Continue with: sar run {args.spec} --resume", file=sys.stderr)
+        return 128 + Terminated.signal_number if isinstance(e, Terminated) else EXIT_INTERRUPTED
     return 0
 
 

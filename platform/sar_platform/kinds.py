@@ -19,7 +19,7 @@ from sar_platform.driver.checks import CheckContext, check_eval, check_tokenizer
 from sar_platform.driver.session import Entries, Session, WorkerEntry
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import RunHandle
-from sar_platform.spec.loader import SpecError
+from sar_platform.spec.loader import Locator, SpecError
 from sar_platform.worker import generator_task, score, tasks, tokenizer_task
 
 
@@ -49,12 +49,20 @@ def run_job(job, session: Session, parent: RunHandle | None, run_name: str) -> d
     return KINDS[job.kind].driver(job, session, parent, run_name)
 
 
-def check_inputs(job, workspace: Workspace) -> None:
-    """Every kind's checks over the job and the jobs inside it; SpecError lists every problem."""
+def check_inputs(job, workspace: Workspace, locator: Locator | None = None) -> None:
+    """Every kind's checks over the job and the jobs inside it; SpecError lists every problem, at
+    the spec location of the field it names when the `locator` of the job's file is given."""
     context = CheckContext(workspace)
     _check(job, context, "")
     if context.problems:
-        raise SpecError([f"{job.name}: {p}" for p in context.problems])
+        raise SpecError([located(p, job, locator) for p in context.problems])
+
+
+def located(problem: str, job, locator: Locator | None) -> str:
+    """`<field path>: <message>` -> `file:line:col: <field path>: <message>` (or `<job>: ...`)."""
+    if locator is None:
+        return f"{job.name}: {problem}"
+    return f"{locator.where(problem.split(':', 1)[0].strip())}: {problem}"
 
 
 def _check(job, context: CheckContext, prefix: str) -> None:

@@ -1,36 +1,90 @@
-"""`sar run`: check the job, start (or reuse) MLflow, connect Ray, and hand the job to its driver
-through the job-kind table.
+"""`sar run`: check the job, lock its runs, start (or reuse) MLflow, connect Ray, and hand the job
+to its driver through the job-kind table.
+
+Every MLflow run ends FINISHED, FAILED or KILLED: drivers finish their runs; whatever escapes a
+job — an error, Ctrl-C, SIGTERM (what `ray job stop` sends a job's driver) — ends the runs this
+process opened, and the runs nested under them, as FAILED (an error) or KILLED (an interruption),
+in `ending_runs`, the one place that does it.
 
 Runs in the `sar` process (or the driver of a `sar submit` Ray Job).
 """
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 from sar_platform import kinds
+from sar_platform.driver import embedded_ray
+from sar_platform.driver.run_lock import hold_runs
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
 from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import Tracker
-from sar_platform.spec.loader import SpecError
+from sar_platform.spec.loader import Locator, SpecError
 
 
-def preflight(job, workspace: Workspace, resume: bool) -> None:
-    """Refuse to overwrite earlier work before anything expensive starts."""
-    if resume:
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the job stops, its runs are KILLED, its checkpoints stay."""
+
+    signal_number = signal.SIGTERM
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextmanager
+def sigterm_interrupts():
+    """SIGTERM raises `Terminated` in the main thread while the block runs (Ray's own handler,
+    installed by `ray.init`, would exit without ending the runs). Re-enter after `ray.init`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
         return
-    existing = [n for n in job.run_names() if workspace.exists(workspace.run_dir(n))]
-    if existing:
-        raise SpecError([
-            f"{workspace.run_dir(existing[0])} already exists: continue it with `sar run --resume`, "
-            f"or give the job another name (runs found: {', '.join(existing)})"
-        ])
-    kinds.check_inputs(job, workspace)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
-def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, str]) -> None:
+@contextmanager
+def ending_runs(tracker: Tracker):
+    """Whatever leaves the block ends the runs it left RUNNING: KILLED on Ctrl-C / SIGTERM, FAILED
+    on any error; the exception goes on (the CLI turns it into an exit status)."""
+    try:
+        yield
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        try:
+            ended = tracker.end_open_runs(status)
+        except Exception as tracking_error:  # noqa: BLE001 — the job's own error is the one to report
+            print(f"[sar] could not mark the MLflow runs {status}: {tracking_error}", file=sys.stderr, flush=True)
+        else:
+            if ended:
+                print(f"[sar] MLflow runs marked {status}: {', '.join(ended)}", file=sys.stderr, flush=True)
+        raise
+
+
+def preflight(job, workspace: Workspace, resume: bool, locator: Locator | None = None) -> None:
+    """Refuse to overwrite earlier work before anything expensive starts."""
+    if not resume:
+        existing = [n for n in job.run_names() if workspace.exists(workspace.run_dir(n))]
+        if existing:
+            raise SpecError([
+                f"{workspace.run_dir(existing[0])} already exists: continue it with `sar run --resume`, "
+                f"or give the job another name (runs found: {', '.join(existing)})"
+            ])
+    kinds.check_inputs(job, workspace, locator)
+
+
+def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, str]):
+    """Connect to a cluster, or start the embedded one (loopback only); returns the embedded one's
+    reaper (None for a cluster)."""
     import ray
 
     runtime_env = repository_runtime_env(env_vars=env_vars)
@@ -40,10 +94,8 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
         runtime_env = {"env_vars": runtime_env["env_vars"]}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
-    else:
-        # Everything on loopback: the embedded cluster serves this machine only.
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", runtime_env=runtime_env,
-                 log_to_driver=True, _node_ip_address="127.0.0.1")
+        return None
+    return embedded_ray.start(num_cpus, runtime_env, log_to_driver=True)
 
 
 def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
@@ -66,11 +118,19 @@ def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
 
 
 def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
-            num_cpus: int | None = None) -> dict[str, Any]:
+            num_cpus: int | None = None, locator: Locator | None = None) -> dict[str, Any]:
+    with sigterm_interrupts():
+        workspace = Workspace.of(job.storage)
+        preflight(job, workspace, resume, locator)
+        with hold_runs([job.name, *job.run_names()], workspace):
+            preflight(job, workspace, resume, locator)  # again: a run that finished while we waited
+            return _run_locked(job, workspace, spec_text, address, resume, num_cpus)
+
+
+def _run_locked(job, workspace: Workspace, spec_text: str, address: str | None, resume: bool,
+                num_cpus: int | None) -> dict[str, Any]:
     import ray
 
-    workspace = Workspace.of(job.storage)
-    preflight(job, workspace, resume)
     if job.mlflow.tracking_uri:
         tracking_uri = job.mlflow.tracking_uri
     else:
@@ -80,16 +140,20 @@ def run_job(job, spec_text: str = "", address: str | None = None, resume: bool =
     print(f"[sar] MLflow: {tracker.runs_url()}", flush=True)
     # MLflow would print a "View run" link per finished run; the runner prints the experiment's once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # Tune's own Ctrl-C handler would end a sweep "successfully"; the interruption is ours to handle.
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        connect_ray(address, num_cpus, env)
+    started_ray, reaper = not ray.is_initialized(), None
     try:
-        check_cluster(job, workspace, tracking_uri)
-        session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
-        outputs = session.run(job, parent=None, run_name=job.name)
+        with ending_runs(tracker):
+            if started_ray:
+                reaper = connect_ray(address, num_cpus, env)
+            with sigterm_interrupts():  # ray.init replaced the handler
+                check_cluster(job, workspace, tracking_uri)
+                session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
+                outputs = session.run(job, parent=None, run_name=job.name)
     finally:
         if started_ray:
-            ray.shutdown()
+            embedded_ray.stop(reaper)
     print(f"[sar] done. MLflow runs: {tracker.runs_url()}", flush=True)
     return outputs

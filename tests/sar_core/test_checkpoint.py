@@ -3,7 +3,8 @@ import dataclasses
 import pytest
 import torch
 
-from sar_core.checkpoint import CheckpointError, load_model, read_header, save_model
+from sar_core.checkpoint import (CheckpointError, checkpoint_folder_problems, load_model, read_header, save_model,
+                                 verify_checkpoint_folder, write_manifest)
 from sar_core.generator import GeneratorConfig, ScaleGenerator
 from tests.conftest import TINY_GENERATOR
 
@@ -50,3 +51,23 @@ def test_fingerprint_changes_with_any_weight(tokenizer):
     with torch.no_grad():
         tokenizer.codebook.weight[3, 0] += 1e-3
     assert fingerprint(tokenizer) != a
+
+
+def test_a_checkpoint_folder_manifest_catches_truncation_overwritten_bytes_and_missing_files(tmp_path, tokenizer):
+    folder = tmp_path / "checkpoint_00000004"
+    save_model(tokenizer, folder / "tokenizer.safetensors")
+    (folder / "train_state.pt").write_bytes(b"state" * 100)
+    assert checkpoint_folder_problems(folder) == ["no manifest.json: the checkpoint was not completely written"]
+    write_manifest(folder)
+    verify_checkpoint_folder(folder)
+
+    model = folder / "tokenizer.safetensors"
+    data = bytearray(model.read_bytes())
+    data[-100] ^= 0x01  # one flipped bit in the tensor bytes: the header still parses
+    model.write_bytes(bytes(data))
+    assert checkpoint_folder_problems(folder) == [
+        "tokenizer.safetensors does not match its checksum (its bytes changed after it was written)"]
+    model.write_bytes(bytes(data[: len(data) // 2]))
+    (folder / "train_state.pt").unlink()
+    with pytest.raises(CheckpointError, match="tokenizer.safetensors has .* bytes, .* were written.*train_state.pt is missing"):
+        verify_checkpoint_folder(folder)

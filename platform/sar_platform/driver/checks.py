@@ -6,6 +6,7 @@ Runs in the `sar` process.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from sar_core.checkpoint import CheckpointError, read_header
@@ -20,6 +21,7 @@ class CheckContext:
 
     workspace: Workspace
     problems: list[str] = field(default_factory=list)
+    """`<field path>: <what is wrong>` each (the path locates the problem in the spec file)."""
     tokenizers: dict = field(default_factory=dict)
 
 
@@ -41,15 +43,37 @@ def _header(path: str, kind: str, field_: str, ctx: CheckContext):
     return config
 
 
-def _check_data(data, field_: str, ctx: CheckContext, in_channels: int | None = None) -> None:
+def _check_data(data, field_: str, ctx: CheckContext, in_channels: int | None = None) -> bool:
+    """Whether the data set is there (problems are recorded)."""
     dataset = data.image_dataset()
     try:
         dataset.check_available()
     except FileNotFoundError as e:
         ctx.problems.append(f"{field_}: {e}")
+        return False
     if in_channels not in (None, dataset.channels):
         ctx.problems.append(f"{field_}: {data.dataset} images have {dataset.channels} channel(s), "
                             f"the tokenizer expects {in_channels}")
+    return True
+
+
+def _check_batch(job, prefix: str, ctx: CheckContext) -> None:
+    """The global batch fits in the training rows (a training step takes one batch without
+    repeating rows; that it splits over the workers is checked when the spec is read)."""
+    batch = job.optim.batch_size
+    dataset = job.data.image_dataset()
+    if getattr(dataset, "download", False):
+        try:  # counting the rows must not start a download: skip until the data is here
+            dataclasses.replace(dataset, download=False).check_available()
+        except FileNotFoundError:
+            return
+    rows = dataset.split_size("train")
+    if job.data.limit is not None:
+        rows = min(rows, job.data.limit)
+    if rows < batch:
+        limit = f" (data.limit: {job.data.limit})" if job.data.limit is not None else ""
+        ctx.problems.append(f"{prefix}optim.batch_size: {batch} is larger than the {rows} training images of "
+                            f"{job.data.dataset}{limit}; lower the batch or use more data")
 
 
 def _step_tokenizer(path: str, field_: str, ctx: CheckContext):
@@ -61,7 +85,8 @@ def _step_tokenizer(path: str, field_: str, ctx: CheckContext):
 
 
 def check_tokenizer(job, ctx: CheckContext, prefix: str = "") -> None:
-    _check_data(job.data, f"{prefix}data", ctx, job.model.in_channels)
+    if _check_data(job.data, f"{prefix}data", ctx, job.model.in_channels):
+        _check_batch(job, prefix, ctx)
     ctx.tokenizers[job.name] = job.model
 
 
@@ -70,7 +95,8 @@ def check_train(job, ctx: CheckContext, prefix: str = "") -> None:
     gen = job.model
     if job.init_from is not None:
         gen = _header(job.init_from, "generator", f"{prefix}init_from", ctx) or gen
-    _check_data(job.data, f"{prefix}data", ctx)
+    if _check_data(job.data, f"{prefix}data", ctx):
+        _check_batch(job, prefix, ctx)
     if tok is not None and job.schedule.scales[-1] != tok.latent_size:
         ctx.problems.append(f"{prefix}schedule.scales: ends at {job.schedule.scales[-1]} but the tokenizer's latent is "
                             f"{tok.latent_size}x{tok.latent_size}; the last scale must equal it")

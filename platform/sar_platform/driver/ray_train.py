@@ -2,14 +2,21 @@
 checkpoints go, fitting a TorchTrainer around a worker entry point, and turning the result into the
 run's outputs (outputs.json, the MLflow run's status and checkpoint tag).
 
+A run that fails ends FAILED in MLflow and raises `JobFailed` naming the cause (the workers' own
+error, e.g. a non-finite loss at a step); before a run continues from its checkpoints, damaged ones
+are set aside (`run_checkpoints`).
+
 Runs in the `sar` process (and in Tune trial functions).
 """
 from __future__ import annotations
 
+import threading
+
 import ray.train
 from ray.train.torch import TorchTrainer
 
-from sar_platform.driver.session import Session, WorkerEntry
+from sar_platform.driver.run_checkpoints import set_aside_damaged
+from sar_platform.driver.session import JobFailed, Session, WorkerEntry
 from sar_platform.services.tracking import RunHandle
 
 
@@ -36,31 +43,77 @@ def run_config(job, session: Session, run_name: str) -> ray.train.RunConfig:
     )
 
 
+def failure_message(error: BaseException) -> str:
+    """The workers' own errors behind a Ray Train failure, one line per distinct message."""
+    failures = getattr(error, "worker_failures", None)
+    causes = list(failures.values()) if failures else [getattr(error, "controller_failure", None) or error]
+    lines = []
+    for cause in causes:
+        cause = getattr(cause, "cause", None) or cause  # a RayTaskError carries the user's exception
+        text = f"{type(cause).__name__}: {cause}".strip().splitlines()
+        line = next((ln for ln in reversed(text) if ln.strip()), type(cause).__name__)
+        if line not in lines:
+            lines.append(line)
+    return "\n  ".join(lines)
+
+
+def _fit_waiting_interruptibly(trainer: TorchTrainer):
+    """`trainer.fit()` in a helper thread, the caller waiting for it: Ctrl-C and SIGTERM stay ours
+    (on the main thread Ray Train installs a SIGINT handler that ends the run as if it had failed,
+    and leaves that handler behind)."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as e:  # noqa: BLE001 — handed to the waiting thread
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
 def fit(entry: WorkerEntry, job, session: Session, run_name: str, handle: RunHandle, datasets: dict | None = None,
         **inputs):
     """Run `entry` on the job's workers and wait for it. Each worker receives the job, its run's
-    name, the MLflow run to log into (`mlflow`, rank 0 logs) and `inputs`."""
+    name, the MLflow run to log into (`mlflow`, rank 0 logs) and `inputs`. Raises JobFailed (the run FAILED)."""
+    for line in set_aside_damaged(session.workspace, run_name):
+        print(f"[sar] {line}", flush=True)
     trainer = TorchTrainer(entry.fn, train_loop_config={"job": job, "run_name": run_name, "mlflow": handle, **inputs},
                            scaling_config=scaling_config(job.resources), run_config=run_config(job, session, run_name),
                            datasets=datasets)
-    return trainer.fit()
+    try:
+        result = _fit_waiting_interruptibly(trainer)
+    except ray.train.TrainingFailedError as e:
+        handle.finish("FAILED")
+        raise JobFailed(f"{run_name} failed:\n  {failure_message(e)}") from e
+    if result.error is not None:
+        handle.finish("FAILED")
+        raise JobFailed(f"{run_name} failed:\n  {failure_message(result.error)}") from result.error
+    return result
 
 
 def finish(result, job, session: Session, run_name: str, handle: RunHandle, entry: WorkerEntry,
            outputs: dict | None = None) -> dict:
     """Record a finished Ray Train run: outputs.json beside it (the job's kind, `outputs`, the model
-    file of the last checkpoint, the final metrics), the checkpoint location in MLflow."""
-    if result.error is not None:
-        handle.finish("FAILED")
-        raise RuntimeError(f"{run_name} failed: {result.error}") from result.error
+    file of the last checkpoint, the final metrics), the checkpoint location in MLflow.
+
+    The final metrics are the last checkpoint's report with what rank 0 returned on top (the
+    final evaluation, which runs after the final checkpoint is saved)."""
     outputs = {"kind": job.kind, **(outputs or {})}
     checkpoint = session.checkpoint_uri(result.checkpoint.path) if result.checkpoint is not None else None
     if checkpoint is not None and entry.output is not None:
         outputs[entry.output] = f"{checkpoint}/{entry.checkpoint_file}"
-    outputs.update(metrics=dict(result.metrics or {}), mlflow_run_id=handle.run_id)
+    returned = result.return_value if isinstance(result.return_value, dict) else {}
+    outputs.update(metrics={**(result.metrics or {}), **returned}, mlflow_run_id=handle.run_id)
     if checkpoint is not None:
         outputs["checkpoint"] = checkpoint
         handle.set_tags({"sar.checkpoint": checkpoint})
-    handle.finish()
     session.save_outputs(run_name, outputs)
+    handle.finish()
     return outputs

@@ -19,6 +19,11 @@ from sar_platform.services.tracking import RunHandle, Tracker
 from sar_platform.spec.reads import read_spec
 
 
+class JobFailed(RuntimeError):
+    """A job that ran and failed (its MLflow run is FAILED); `str()` says why, for the user.
+    `sar` exits with status 1 and no traceback."""
+
+
 @dataclass(frozen=True)
 class WorkerEntry:
     """A Ray Train worker function and what the checkpoints it reports hold."""

@@ -5,6 +5,10 @@ Train V2 pattern: the Tune trainable is a function that builds and fits a TorchT
 stop a trial (its worker group and placement group are released with it). Each trial runs its train
 job through the session's `run` (the job-kind table), with the trial's tags and Tune's callback.
 
+A trial that fails is restarted `trial_retries` times (Tune's FailureConfig; the restart resumes
+its checkpoints and MLflow run); a sweep that still has failed trials at the end is FAILED and
+raises JobFailed naming them.
+
 Runs in the `sar` process; `run_trial` runs in the Tune trial's own process.
 """
 from __future__ import annotations
@@ -19,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from sar_platform.driver.compare import Comparison, sweep_arms
 from sar_platform.driver.inputs import prepare_train_inputs
 from sar_platform.driver.report import comparison_table, headline, headline_columns, log_sweep_figure, log_table
-from sar_platform.driver.session import Session
+from sar_platform.driver.session import JobFailed, Session
 from sar_platform.spec.overrides import trial_job
 from sar_platform.services.tracking import RunHandle, Tracker
 
@@ -108,7 +112,8 @@ def build_tuner(job, session: Session, handle: RunHandle, run_name: str, total_r
         trainable, param_space=param_space(job),
         tune_config=ray.tune.TuneConfig(num_samples=job.num_samples, max_concurrent_trials=job.max_concurrent_trials,
                                         scheduler=scheduler(job, total_reports)),
-        run_config=ray.tune.RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem),
+        run_config=ray.tune.RunConfig(name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
+                                      failure_config=ray.tune.FailureConfig(max_failures=job.trial_retries)),
     )
 
 
@@ -132,6 +137,10 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     best = best_row(rows, job.metric, job.mode)
     if best is not None:
         handle.log_metrics({f"best_{job.metric}": best[job.metric]}, step=0)
+    if failed := failed_trials(results, job):
+        handle.finish("FAILED")  # no outputs.json: `sar run --resume` runs the failed trials again
+        raise JobFailed(f"sweep {run_name}: {len(failed)} of {len(rows)} trials failed (after {job.trial_retries} "
+                        f"retries each):\n  " + "\n  ".join(failed))
     handle.finish()
     outputs = {"kind": job.kind, "trials": rows, "best": best, "mlflow_run_id": handle.run_id, **compared}
     if best is not None:
@@ -140,6 +149,19 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
         outputs["metrics"] = headline(best)
     session.save_outputs(run_name, outputs)
     return outputs
+
+
+def failed_trials(results, job) -> list[str]:
+    """`<trial> (<its parameters>): <the workers' error>` of every trial that ended in an error."""
+    failed = []
+    for res in results:
+        if res.error is None:
+            continue
+        trial = (res.metrics or {}).get("trial_id") or (res.path or "?").rstrip("/").rsplit("/", 1)[-1]
+        params = ", ".join(f"{p}={res.config.get(p)}" for p in param_names(job))
+        cause = getattr(res.error, "__cause__", None) or res.error
+        failed.append(f"{trial} ({params}): {str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__}")
+    return failed
 
 
 def best_row(rows: list[dict], metric: str, mode: str) -> dict | None:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 from sar_core import paths
 
+# The MLflow client settings the `sar` process runs with (telemetry, HTTP retries) hold in workers too.
+MLFLOW_CLIENT_ENV_VARS = ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
+                          "MLFLOW_HTTP_REQUEST_TIMEOUT")
 # Never upload environments, outputs or caches; the repository itself is a few hundred kB.
 WORKING_DIR_EXCLUDES = [".venv/", ".git/", "workspace/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".whl/"]
 
@@ -21,7 +24,7 @@ def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, s
     packages as py_modules, plus env vars."""
     # Plain prints from workers: Ray Train's print patch would show every progress line twice.
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI"):
+    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI", *MLFLOW_CLIENT_ENV_VARS):
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})

@@ -7,24 +7,86 @@ offset by the checkpoint's step, so one chart shows pretraining and post-trainin
 job name, or the trial id), so a retried worker group, a restarted trial or `sar run --resume`
 continues the run instead of creating a duplicate.
 
+Tracking never stops training: every client call is retried with backoff on transient errors
+(`RetryingClient`), and training metrics wait in a `MetricOutbox` until the checkpoint that makes
+them final is reported — so a restarted worker or a resumed run never logs a step twice — and for as
+long as the server is away (they travel inside every checkpoint meanwhile).
+
 `Tracker` is used in the `sar` process; `RunHandle` travels to Ray workers, which log through it.
 """
 from __future__ import annotations
 
+import functools
+import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+# MLflow's HTTP client retries a refused connection for minutes by default (7 tries, backoff 2);
+# the retries below are ours, bounded, and a training loop keeps its metrics instead of waiting.
+# Set before MLflow reads them; users' own settings win.
+for _key, _value in (("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2"), ("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1"),
+                     ("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")):
+    os.environ.setdefault(_key, _value)
+
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.exceptions import MlflowException  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
 
 from sar_platform.services.ray_env import repository_root
 
 RUN_KEY_TAG = "sar.run_key"
 PARENT_TAG = "mlflow.parentRunId"
+STEP_METRIC = "step"
+"""Logged with every training report (its value: the step); what a resumed run's outbox checks."""
+METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
+PERMANENT_ERRORS = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST",
+                    "PERMISSION_DENIED", "UNAUTHENTICATED", "INVALID_STATE", "ENDPOINT_NOT_FOUND"}
+"""MLflow error codes that a retry cannot fix; anything else (refused connections, timeouts, 5xx,
+client-side glitches such as the usage-telemetry race) is retried."""
+
+
+def transient(error: BaseException) -> bool:
+    if isinstance(error, MlflowException):
+        return error.error_code not in PERMANENT_ERRORS
+    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or type(error).__module__.startswith(
+        ("requests", "urllib3"))
+
+
+def with_retries(call: Callable[[], Any], what: str, attempts: int = 5, first_delay: float = 1.0) -> Any:
+    """`call()`, retried with exponential backoff (1, 2, 4, ... s) while it fails transiently."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as e:  # noqa: BLE001 — classified just below
+            if not transient(e) or attempt == attempts - 1:
+                raise
+            delay = first_delay * 2**attempt
+            print(f"[sar] MLflow {what} failed ({type(e).__name__}: {str(e)[:200]}); retrying in {delay:.0f}s",
+                  file=sys.stderr, flush=True)
+            time.sleep(delay)
+
+
+class RetryingClient:
+    """An MlflowClient whose every method call goes through `with_retries`."""
+
+    def __init__(self, client: MlflowClient, attempts: int = 5):
+        self._client, self._attempts = client, attempts
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            return with_retries(lambda: attr(*args, **kwargs), name, self._attempts)
+
+        return call
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -64,18 +126,26 @@ class RunHandle:
     step_offset: int = 0
     """Added to every step logged: the step of the checkpoint this run continues (0: none)."""
 
-    def client(self) -> MlflowClient:
-        return MlflowClient(self.tracking_uri)
+    def client(self, attempts: int = 5) -> RetryingClient:
+        return RetryingClient(MlflowClient(self.tracking_uri), attempts)
 
     def global_step(self, step: int) -> int:
         return self.step_offset + step
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int, attempts: int = 5) -> None:
+        """One step's metrics; with the `step` metric in the last request, so that a step whose
+        `step` arrived arrived whole (what `last_logged_step` relies on)."""
         ts = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), ts, self.global_step(step)) for k, v in metrics.items()]
-        client = self.client()
-        for i in range(0, len(items), 1000):
-            client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        items = sorted((Metric(metric_key(k), float(v), ts, self.global_step(step)) for k, v in metrics.items()),
+                       key=lambda m: m.key == STEP_METRIC)
+        client = self.client(attempts)
+        for i in range(0, len(items), METRICS_PER_REQUEST):
+            client.log_batch(self.run_id, metrics=items[i : i + METRICS_PER_REQUEST])
+
+    def last_logged_step(self, attempts: int = 5) -> int:
+        """The last training step (this run's own count) whose metrics reached the run (0: none)."""
+        history = self.client(attempts).get_metric_history(self.run_id, STEP_METRIC)
+        return int(max((m.value for m in history), default=0))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         self.client().log_artifact(self.run_id, str(path), artifact_path)
@@ -87,12 +157,76 @@ class RunHandle:
         self.client().set_terminated(self.run_id, status)
 
 
+class MetricOutbox:
+    """Training metrics on their way to one run (rank 0 of a training loop).
+
+    `add` holds a report's metrics; `commit` (once a checkpoint covering them is reported) makes
+    them final; `flush` sends the final ones in step order and keeps whatever the server did not
+    take. `pending()` (held and unsent) is saved in every checkpoint and `restore`d on resume,
+    where the steps the run already has are dropped: no step reaches MLflow twice, none is lost."""
+
+    def __init__(self, handle: RunHandle | None, attempts: int = 3):
+        self.handle, self.attempts = handle, attempts
+        self.held: list[tuple[int, dict[str, float]]] = []
+        self.unsent: list[tuple[int, dict[str, float]]] = []
+        self.logged_until: int | None = None
+        """The last step the run had before this process (learnt on the first flush): training
+        reports up to it arrived earlier, from a timeline that a restart repeated."""
+
+    def add(self, step: int, metrics: Mapping[str, float]) -> None:
+        self.held.append((step, dict(metrics)))
+
+    def commit(self) -> None:
+        self.unsent += self.held
+        self.held = []
+
+    def pending(self) -> list[tuple[int, dict[str, float]]]:
+        return [*self.unsent, *self.held]
+
+    def restore(self, entries) -> None:
+        """Metrics a checkpoint carried: final (its steps are at or before the checkpoint)."""
+        self.unsent = [(int(step), dict(metrics)) for step, metrics in entries]
+
+    def flush(self) -> bool:
+        """Send every final step; True when none is left (the server may be away: kept for later)."""
+        if self.handle is None:
+            self.unsent = []
+            return True
+        try:
+            if self.logged_until is None:
+                self.logged_until = self.handle.last_logged_step(self.attempts)
+            while self.unsent:
+                step, metrics = self.unsent[0]
+                if STEP_METRIC not in metrics or step > self.logged_until:  # training reports carry `step`
+                    self.handle.log_metrics(metrics, step, self.attempts)
+                self.unsent.pop(0)
+        except Exception as e:  # noqa: BLE001 — tracking never stops training
+            if not transient(e):
+                raise
+            print(f"[sar] MLflow unreachable ({type(e).__name__}); {len(self.unsent)} report(s) kept and sent later",
+                  file=sys.stderr, flush=True)
+            return False
+        return True
+
+    def flush_patiently(self, patience: float = 300.0) -> bool:
+        """`flush`, retried for up to `patience` seconds (the end of a run: nothing else to do)."""
+        deadline, delay = time.monotonic() + patience, 5.0
+        while not self.flush():
+            if time.monotonic() + delay > deadline:
+                return False
+            time.sleep(delay)
+            delay = min(2 * delay, 60.0)
+        return True
+
+
 class Tracker:
     """Driver-side access to one experiment on one tracking server."""
 
     def __init__(self, tracking_uri: str, experiment: str):
         self.uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.client = RetryingClient(MlflowClient(tracking_uri))
+        self.opened: list[RunHandle] = []
+        """Runs opened through this tracker (`end_open_runs` closes what they leave RUNNING)."""
         found = self.client.get_experiment_by_name(experiment)
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
 
@@ -118,7 +252,9 @@ class Tracker:
         run_id = self.find(run_key)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            return RunHandle(self.uri, run_id, step_offset), False
+            handle = RunHandle(self.uri, run_id, step_offset)
+            self.opened.append(handle)
+            return handle, False
         all_tags = {RUN_KEY_TAG: run_key, "sar.git_commit": git_commit(), **(tags or {})}
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
@@ -126,6 +262,7 @@ class Tracker:
             all_tags["mlflow.note.content"] = description
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         handle = RunHandle(self.uri, run.info.run_id, step_offset)
+        self.opened.append(handle)
         items = [Param(k, v[:6000]) for k, v in flatten(params or {}).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(handle.run_id, params=items[i : i + 100])
@@ -133,3 +270,20 @@ class Tracker:
 
     def children(self, parent: RunHandle) -> list:
         return self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{parent.run_id}'")
+
+    def end_open_runs(self, status: str) -> list[str]:
+        """Mark every run opened here, and every run nested under one (a sweep's trials run in
+        other processes), that is still RUNNING as `status` (FAILED or KILLED). Returns their names."""
+        ended, seen = [], set()
+        queue = [h.run_id for h in self.opened]
+        while queue:
+            run_id = queue.pop()
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            run = self.client.get_run(run_id)
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run_id, status)
+                ended.append(run.info.run_name)
+            queue += [r.info.run_id for r in self.client.search_runs([self.experiment_id], f"tags.`{PARENT_TAG}` = '{run_id}'")]
+        return ended

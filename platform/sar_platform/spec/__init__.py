@@ -11,24 +11,30 @@ from pydantic import TypeAdapter
 
 from sar_platform.spec.jobs import (DataSpec, EvalJob, EvalSpec, Job, PipelineJob, SweepJob, TokenizerJob,
                                     TrainJob)
-from sar_platform.spec.loader import SpecError, load_yaml, validate
+from sar_platform.spec.loader import Locator, SpecError, load_yaml, validate
 from sar_platform.spec.reads import check_reads
 
 
 def load_job(path: str | Path):
     """Read and validate a job spec; raises SpecError with `file:line:col: field: problem` lines
     (including written fields the job never reads and settings that cannot work together)."""
+    return load_located_job(path)[0]
+
+
+def load_located_job(path: str | Path):
+    """(job, Locator): the job and where each of its fields is written, for checks made later
+    (inputs on disk, data sizes) to point at the field at fault."""
     data, positions = load_yaml(path)
     job = validate(data, Job, positions, str(path))
     problems = check_reads(job, data, positions, str(path))
     if problems:
         raise SpecError(problems)
-    return job
+    return job, Locator(str(path), positions)
 
 
 def job_schema() -> dict:
     return TypeAdapter(Job).json_schema()
 
 
-__all__ = ["DataSpec", "EvalJob", "EvalSpec", "Job", "PipelineJob", "SpecError", "SweepJob", "TokenizerJob",
-           "TrainJob", "job_schema", "load_job"]
+__all__ = ["DataSpec", "EvalJob", "EvalSpec", "Job", "Locator", "PipelineJob", "SpecError", "SweepJob", "TokenizerJob",
+           "TrainJob", "job_schema", "load_job", "load_located_job"]

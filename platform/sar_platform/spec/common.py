@@ -16,9 +16,15 @@ STEP_REF = re.compile(r"^step:([A-Za-z0-9][A-Za-z0-9_.-]*)$")
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors everywhere; specs are immutable once validated."""
+    """Unknown keys are errors everywhere; specs are immutable once validated; no number is
+    infinite or NaN (the embedded sar_core dataclasses inherit this)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, allow_inf_nan=False)
+
+
+SEED_MAX = 2**31 - 1
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+"""Seeds feed torch, numpy and Python generators (each derives further seeds from it)."""
 
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
@@ -49,7 +55,7 @@ PathOrURI = Annotated[str, AfterValidator(_absolute_if_local)]
 
 
 class Resources(StrictModel):
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1, le=4096)
     """Ray Train workers: one per device (GPU), or CPU processes."""
     cpus_per_worker: float = Field(1.0, gt=0)
     gpus_per_worker: float = Field(0.0, ge=0)
@@ -82,7 +88,7 @@ class JobCommon(StrictModel):
 
     name: Name
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     resources: Resources = Resources()
     storage: Storage = Storage()
     mlflow: MLflowSpec = MLflowSpec()

@@ -18,7 +18,7 @@ from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
-from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, StrictModel, Unread, prefixed
+from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, Seed, StrictModel, Unread, prefixed
 from sar_platform.spec.overrides import check_sweep, trial_job
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, Sampling, ScheduleSpec
 
@@ -293,10 +293,13 @@ class SweepJob(JobCommon):
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(1, ge=1)
     """Repetitions of the grid (random domains draw new values each time)."""
-    seeds: list[int] | None = None
+    seeds: list[Seed] | None = None
     """Run every configuration once per seed (a grid over `seed`)."""
     scheduler: AshaSpec | None = None
     max_concurrent_trials: int = Field(1, ge=1)
+    trial_retries: int = Field(1, ge=0, le=100)
+    """Times Tune restarts a trial that failed (a lost worker or node, an unreachable service); the
+    restart continues the trial from its last checkpoint and in its MLflow run."""
     probe: ProbeSpec = ProbeSpec()
     """The diagnostics probe every trial shares."""
     inner_fields: ClassVar[tuple[str, ...]] = ("train",)

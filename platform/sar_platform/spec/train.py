@@ -17,19 +17,20 @@ from sar_platform.spec.common import StrictModel, Unread
 class OptimSpec(StrictModel):
     """AdamW, the reference recipe (no decay on 1-D tensors and position/scale maps)."""
 
-    lr: float = Field(1e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.95)
-    weight_decay: float = Field(0.05, ge=0)
+    lr: float = Field(1e-4, gt=0, le=10)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
+    weight_decay: float = Field(0.05, ge=0, le=10)
     warmup_steps: int = Field(0, ge=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
     min_lr_ratio: float = Field(0.0, ge=0, le=1)
     """Final lr as a fraction of `lr` for the linear / cosine schedules."""
     grad_clip: float = Field(2.0, ge=0)
     """Max global gradient norm (0: no clipping)."""
-    batch_size: int = Field(64, ge=1)
-    """Global batch: split evenly over the workers."""
+    batch_size: int = Field(64, ge=1, le=2**20)
+    """Global batch: split evenly over the workers (a multiple of resources.num_workers, at most the
+    number of training rows)."""
     steps: int | None = Field(None, ge=1)
-    epochs: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0, le=1e6)
     """Training length: exactly one of `steps` and `epochs` (epochs are converted with the dataset size)."""
 
     @model_validator(mode="after")

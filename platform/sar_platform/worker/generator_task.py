@@ -117,8 +117,8 @@ class GeneratorTask:
         self.objective.load_state_dict(state["objective"])
 
 
-def train_generator(config: dict) -> None:
-    """Ray Train worker entry point."""
+def train_generator(config: dict) -> dict:
+    """Ray Train worker entry point; rank 0 returns the final report."""
     job, inputs = config["job"], config["inputs"]
     task = GeneratorTask(job, inputs, config["mlflow"], config["run_name"])
     settings = loop.LoopSettings(
@@ -126,4 +126,4 @@ def train_generator(config: dict) -> None:
         diagnostics_every=job.log.diagnostics_every, eval_every=job.eval.every_steps, eval_at_end=job.eval.at_end,
         precision=loop.precision(job), seed=job.seed,
     )
-    loop.run(task, settings, job.optim, config["mlflow"])
+    return loop.run(task, settings, job.optim, config["mlflow"])

@@ -6,31 +6,44 @@ metric averaging across ranks, progress lines, MLflow logging on rank 0, `ray.tr
 collective: every rank calls it equally often) with checkpoints, and resuming from the latest
 checkpoint after a worker-group retry or `sar run --resume`.
 
+Resuming is exact: a checkpoint holds, besides weights, optimizer and schedule, every rank's random
+generators (torch, numpy, Python), the metric window being averaged and the metrics not yet in
+MLflow; the batch order is a function of (seed, step). A run killed and resumed ends, on CPU at the
+same thread count, with the weights and metrics of an uninterrupted one. Metrics reach MLflow when
+the checkpoint after them is reported (`MetricOutbox`), so steps that a restart repeats are logged
+once. A non-finite loss stops training before the update that would spoil the weights.
+
 Runs inside Ray Train workers.
 """
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import random
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+import numpy as np
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from sar_core.checkpoint import verify_checkpoint_folder, write_manifest
 from sar_core.eval import HEADLINE_METRICS
-from sar_platform.services.tracking import RunHandle
+from sar_platform.services.tracking import MetricOutbox, RunHandle
 from sar_platform.spec.train import OptimSpec
 from sar_platform.worker.evaluation import artifact_folder
 
 TRAIN_STATE = "train_state.pt"
+PENDING_METRICS = "metrics_pending.json"
+"""Reports that had not reached MLflow when the checkpoint was written (sent on resume)."""
 
 
 class Task(Protocol):
@@ -110,20 +123,85 @@ class MetricWindow:
         return out
 
 
-def save_state(directory: Path, task: Task, model, opt, sched, step: int) -> None:
-    task.save(model, directory, step)
+class NonFiniteLoss(RuntimeError):
+    """A training loss (or gradient norm) that is NaN or infinite: training stops before the
+    optimizer step, so the weights of the last checkpoint stay the last good ones."""
+
+
+def check_finite(loss: torch.Tensor, metrics: dict[str, float], step: int, what: str = "loss") -> None:
+    if math.isfinite(float(loss.detach())) and all(math.isfinite(v) for k, v in metrics.items() if k.startswith(what)):
+        return
+    bad = [f"{k} = {v}" for k, v in metrics.items() if k.startswith(what) and not math.isfinite(v)] or [f"{what} = {float(loss)}"]
+    shown = ", ".join(f"{k} = {v:.4g}" for k, v in metrics.items() if k.startswith("loss") and math.isfinite(v))
+    raise NonFiniteLoss(f"step {step + 1}: non-finite {', '.join(bad)}" + (f" (finite: {shown})" if shown else "")
+                        + "; training stopped before the update, the last checkpoint holds the last good weights. "
+                        "Lower optim.lr, add optim.warmup_steps or a grad_clip, or check the init_from weights")
+
+
+# -- checkpoints: model, optimizer, schedule, step, every RNG, the metric window, unsent metrics --
+
+def rng_state(device: torch.device) -> dict:
+    """Every random generator a training step may draw from (drop-path and class dropout use
+    torch's global generator), in a form `torch.load(weights_only=True)` reads back."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next},
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def gather_rng_states(t: "Training") -> dict[int, dict]:
+    """Every rank's generators (collective), for rank 0 to save."""
+    own = rng_state(t.device)
+    if t.world == 1:
+        return {0: own}
+    gathered: list = [None] * t.world
+    dist.all_gather_object(gathered, own)
+    return dict(enumerate(gathered))
+
+
+def save_state(directory: Path, t: "Training", step: int, window: "MetricWindow", rngs: dict, pending: list) -> None:
+    t.task.save(t.model, directory, step)
     torch.save(
-        {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict()},
+        {"step": step, "optimizer": t.opt.state_dict(), "scheduler": t.sched.state_dict(), "task": t.task.state_dict(),
+         "rng": rngs, "window": {"sums": window.sums, "counts": window.counts}},
         directory / TRAIN_STATE,
     )
+    (directory / PENDING_METRICS).write_text(json.dumps(pending))
+    write_manifest(directory)  # last: a folder without it was not completely written
 
 
-def restore_state(directory: Path, task: Task, model, opt, sched) -> int:
-    task.load(model, directory)
+def restore_state(directory: Path, t: "Training", window: "MetricWindow", outbox: MetricOutbox | None) -> int:
+    verify_checkpoint_folder(directory)
+    t.task.load(t.model, directory)
     state = torch.load(directory / TRAIN_STATE, map_location="cpu", weights_only=True)
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    task.load_state_dict(state["task"])
+    t.opt.load_state_dict(state["optimizer"])
+    t.sched.load_state_dict(state["scheduler"])
+    t.task.load_state_dict(state["task"])
+    rngs = state.get("rng", {})
+    if t.rank in rngs:
+        set_rng_state(rngs[t.rank], t.device)
+    elif t.rank == 0:
+        print(f"[{t.task.name}] the checkpoint has no generator state for {t.world} workers; generators reseeded", flush=True)
+    window.sums, window.counts = dict(state["window"]["sums"]), dict(state["window"]["counts"])
+    if outbox is not None and (directory / PENDING_METRICS).is_file():
+        outbox.restore(json.loads((directory / PENDING_METRICS).read_text()))
     return int(state["step"])
 
 
@@ -152,40 +230,50 @@ class Training:
     device: torch.device
     rank: int
     world: int
-    start: int  # the first step to take (> 0 after a resume)
+    start: int = 0  # the first step to take (> 0 after a resume)
 
 
-def setup(task: Task, settings: LoopSettings, optim: OptimSpec) -> Training:
-    """Build the model and optimizer, restoring them from the latest checkpoint if there is one."""
+def setup(task: Task, settings: LoopSettings, optim: OptimSpec, window: MetricWindow,
+          outbox: MetricOutbox | None) -> Training:
+    """Build the model and optimizer, restoring them (and every generator, the metric window and
+    the metrics not yet in MLflow) from the latest checkpoint if there is one."""
     # Ray Train logs every report at INFO through a logger hanging off the root one; our progress
     # lines already say it, once.
     logging.getLogger().setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    torch.manual_seed(settings.seed * 1000 + rank)
+    seed_everything(settings.seed * 1000 + rank)
     model = task.build(device)
     opt = build_optimizer(model, optim, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(optim, settings.steps, s))
-    start = 0
+    t = Training(task, model, model, opt, sched, device, rank, world)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            start = restore_state(Path(d), task, model, opt, sched)
+            t.start = restore_state(Path(d), t, window, outbox)
         if rank == 0:
-            print(f"[{task.name}] resuming from step {start}", flush=True)
-    ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
-    return Training(task, model, ddp_model, opt, sched, device, rank, world, start)
+            print(f"[{task.name}] resuming from step {t.start}", flush=True)
+    t.ddp_model = ray.train.torch.prepare_model(model) if world > 1 else model
+    return t
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def train_step(t: Training, batch, step: int, optim: OptimSpec, precision: str) -> dict[str, float]:
     t.model.train()
     with autocast(t.device, precision):
         loss, metrics = t.task.loss(t.ddp_model, batch, step)
+    check_finite(loss, metrics, step)
     t.opt.zero_grad(set_to_none=True)
     loss.backward()
     if optim.grad_clip > 0:
         metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(t.model.parameters(), optim.grad_clip))
+        check_finite(torch.tensor(metrics["grad_norm"]), metrics, step, what="grad_norm")
     t.opt.step()
     t.sched.step()
     return metrics
@@ -197,21 +285,32 @@ def evaluate(t: Training, done: int, final: bool, precision: str, handle: RunHan
         metrics, artifacts = t.task.evaluate(t.model, done, final)
     if t.rank == 0 and handle is not None:
         for path in artifacts:
-            handle.log_artifact(path, f"{artifact_folder(path)}/step_{handle.global_step(done):07d}")
+            try:
+                handle.log_artifact(path, f"{artifact_folder(path)}/step_{handle.global_step(done):07d}")
+            except Exception as e:  # noqa: BLE001 — a figure that did not reach MLflow never stops training
+                print(f"[{t.task.name}] could not log {path.name} to MLflow: {e}", flush=True)
     return metrics
 
 
-def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> None:
-    t = setup(task, settings, optim)
-    window, t_last, s_last = MetricWindow(), time.perf_counter(), t.start
-    batches = task.batches(t.rank, t.world, t.start)
+def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> dict[str, float]:
+    """Train, checkpointing every `checkpoint_every` steps and at the end; then the final
+    evaluation, after the final checkpoint (a failing evaluation loses no training; a resumed run
+    whose training is complete only evaluates). Rank 0 returns the final report."""
+    window = MetricWindow()
+    outbox = MetricOutbox(handle) if ray.train.get_context().get_world_rank() == 0 else None
+    t = setup(task, settings, optim, window, outbox)
+    if outbox is not None:
+        outbox.flush()  # what the checkpoint carried and the server did not get yet
+    last: dict[str, float] = {"step": t.start}
+    t_last, s_last = time.perf_counter(), t.start
+    batches = task.batches(t.rank, t.world, t.start) if t.start < settings.steps else iter(())
     for step in range(t.start, settings.steps):
         batch = next(batches)
         window.add(train_step(t, batch, step, optim, settings.precision))
         done = step + 1
         final = done == settings.steps
         diagnose = settings.diagnostics_every and done % settings.diagnostics_every == 0
-        evaluate_now = (settings.eval_every and done % settings.eval_every == 0 and not final) or (final and settings.eval_at_end)
+        evaluate_now = settings.eval_every and done % settings.eval_every == 0 and not final
         save = done % settings.checkpoint_every == 0 or final
         if not (done % settings.log_every == 0 or diagnose or evaluate_now or save):
             continue
@@ -226,22 +325,50 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
         if evaluate_now:
             report.update(evaluate(t, done, final, settings.precision, handle))
         if t.rank == 0:
-            if handle is not None:
-                handle.log_metrics(report, done)
+            outbox.add(done, report)
             print_progress(task.name, done, settings.steps, report, elapsed, done - s_last)
-        report_to_ray(report, task, t.model, t.opt, t.sched, done, save, t.rank)
+        report_to_ray(report, t, done, save, window, outbox)
+        last = report
         t_last, s_last = time.perf_counter(), done
+    if settings.eval_at_end:
+        last = final_evaluation(t, settings, last, handle, outbox)
+    if outbox is not None and not outbox.flush_patiently():
+        print(f"[{task.name}] MLflow stayed unreachable: the last reports are kept in the final checkpoint "
+              f"({PENDING_METRICS}) and sent by `sar run --resume`", flush=True)
+    return last if t.rank == 0 else {}
 
 
-def report_to_ray(metrics, task, model, opt, sched, step: int, save: bool, rank: int) -> None:
+def final_evaluation(t: Training, settings: LoopSettings, last: dict, handle: RunHandle | None,
+                     outbox: MetricOutbox | None) -> dict[str, float]:
+    """Evaluate the final weights (their checkpoint is already saved) and report the result with
+    the last training metrics, so that Tune and its schedulers see one complete final result."""
+    done = settings.steps
+    metrics = evaluate(t, done, True, settings.precision, handle)
+    report = {**last, **metrics, "step": done}
+    if t.rank == 0:
+        outbox.add(done, metrics)
+        outbox.commit()  # the evaluation of a saved checkpoint is final: no later step can replace it
+        shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in HEADLINE_METRICS if k in metrics)
+        print(f"[{t.task.name}] final evaluation at step {done}: {shown}", flush=True)
+    ray.train.report(report)
+    return report
+
+
+def report_to_ray(metrics, t: Training, step: int, save: bool, window: MetricWindow, outbox: MetricOutbox | None) -> None:
+    """Report (a collective); with a checkpoint every `save` step, after which the metrics up to
+    it are final and go to MLflow."""
     if not save:
         ray.train.report(metrics)
         return
+    rngs = gather_rng_states(t)
     with tempfile.TemporaryDirectory() as tmp:
-        if rank == 0:
-            save_state(Path(tmp), task, model, opt, sched, step)
-        ckpt = ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None
+        if t.rank == 0:
+            save_state(Path(tmp), t, step, window, rngs, outbox.pending())
+        ckpt = ray.train.Checkpoint.from_directory(tmp) if t.rank == 0 else None
         ray.train.report(metrics, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_{step:08d}")
+    if outbox is not None:
+        outbox.commit()
+        outbox.flush()
 
 
 def print_progress(name: str, step: int, total: int, metrics: dict, elapsed: float, n: int) -> None:

@@ -19,8 +19,8 @@ from sar_platform.worker.generator_task import compatible
 from sar_platform.worker.loop import autocast, precision
 
 
-def score_generator(config: dict) -> None:
-    """Ray Train worker entry point."""
+def score_generator(config: dict) -> dict:
+    """Ray Train worker entry point; rank 0 returns the metrics."""
     job, handle = config["job"], config["mlflow"]
     workspace = Workspace.of(job.storage)
     device = ray.train.torch.get_device()
@@ -37,3 +37,4 @@ def score_generator(config: dict) -> None:
         for path in paths:
             handle.log_artifact(path, artifact_folder(path))
     ray.train.report(metrics)
+    return metrics

@@ -85,12 +85,12 @@ def reconstruction_figure(images: torch.Tensor, recon: torch.Tensor, path: Path)
     return path
 
 
-def train_tokenizer(config: dict) -> None:
-    """Ray Train worker entry point."""
+def train_tokenizer(config: dict) -> dict:
+    """Ray Train worker entry point; rank 0 returns the final report."""
     job = config["job"]
     task = TokenizerTask(job, config["steps"], config["run_name"])
     settings = loop.LoopSettings(
         steps=config["steps"], log_every=job.log.every_steps, checkpoint_every=job.checkpoint.every_steps,
         diagnostics_every=0, eval_every=0, eval_at_end=True, precision=loop.precision(job), seed=job.seed,
     )
-    loop.run(task, settings, job.optim, config["mlflow"])
+    return loop.run(task, settings, job.optim, config["mlflow"])

@@ -1,0 +1,75 @@
+"""The workspace's MLflow server: concurrent jobs share one, and an interrupted start leaves no
+orphan (Ctrl-C stops the half-started server; after SIGKILL the next start adopts it)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from sar_platform.services.mlflow_server import ensure_server, state_file, stop_server
+
+START = "import sys, json; from sar_platform.services.mlflow_server import ensure_server; " \
+        "info = ensure_server(sys.argv[1], port=0); print(json.dumps({'pid': info.pid, 'port': info.port}))"
+
+
+def servers_of(root: Path) -> list[int]:
+    """PIDs of the MLflow server processes running on this workspace's database."""
+    database = str(root / "mlflow.db").encode()
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            parts = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"server" in parts and any(database in p for p in parts) and any(p.endswith(b"mlflow") for p in parts):
+            found.append(int(cmdline.parent.name))
+    return found
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+    return value
+
+
+def test_two_jobs_starting_on_a_fresh_workspace_share_one_server(tmp_path):
+    root = tmp_path / "mlflow"
+    starts = [subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        infos = [json.loads(p.communicate(timeout=300)[0]) for p in starts]
+        assert all(p.returncode == 0 for p in starts)
+        assert infos[0] == infos[1]  # the same server, found by the second through the first's start
+        assert servers_of(root) == [infos[0]["pid"]]
+        assert "already exists" not in (root / "server.log").read_text()  # no migration raced another
+    finally:
+        stop_server(root)
+    assert servers_of(root) == []
+
+
+def test_an_interrupted_start_leaves_no_orphan_server(tmp_path):
+    # Ctrl-C while the server starts: the starting process stops it on its way out
+    root = tmp_path / "mlflow"
+    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True)
+    pid = wait_for(lambda: state_file(root).exists() and json.loads(state_file(root).read_text() or "{}").get("pid"),
+                   120, "the server was never started")
+    os.kill(start.pid, signal.SIGINT)
+    start.wait(timeout=60)
+    assert start.returncode != 0
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or not servers_of(root), 30, "the half-started server was left")
+    assert servers_of(root) == [] and not state_file(root).exists()
+
+    # SIGKILL while the server starts: nothing can stop it then, so the next start adopts it
+    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True)
+    pid = wait_for(lambda: state_file(root).exists() and json.loads(state_file(root).read_text() or "{}").get("pid"),
+                   120, "the server was never started")
+    start.kill()
+    start.wait()
+    try:
+        info = ensure_server(root, port=0)
+        assert info.pid == pid and servers_of(root) == [pid]  # one server, on the port it was started with
+    finally:
+        stop_server(root)
