@@ -9,12 +9,15 @@ import os
 from typing import Any
 
 from sar_platform import kinds
+from sar_platform.driver.placement import placement_problems
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
 from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import Tracker
 from sar_platform.spec.loader import SpecError
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 def preflight(job, workspace: Workspace, resume: bool) -> None:
@@ -46,23 +49,42 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
                  log_to_driver=True, _node_ip_address="127.0.0.1")
 
 
-def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
-    """Local storage and an embedded (loopback) MLflow server only work when every node is this machine."""
+def alive_nodes() -> list[dict]:
+    """The total resources of every node alive now."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster(job, workspace: Workspace, tracking_uri: str, embedded_mlflow: bool) -> None:
+    """Right after connecting, before any MLflow run is opened: resources the cluster can never give
+    (driver/placement.py), and local storage or an embedded (loopback) MLflow server on a cluster
+    whose nodes are other machines."""
     import ray
 
     here = ray.util.get_node_ip_address()
     remote = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] != here]
-    if not remote:
-        return
-    problems = []
-    if workspace.is_local:
+    problems = placement_problems(job, alive_nodes())
+    if remote and workspace.is_local:
         problems.append(f"storage.path {workspace.root} is a local folder but the cluster has other nodes ({remote[0]}): "
                         "use s3://... or a shared file system path")
-    if job.mlflow.tracking_uri is None:
+    if remote and embedded_mlflow:
         problems.append(f"the embedded MLflow server ({tracking_uri}) is not reachable from other nodes: "
-                        "set mlflow.tracking_uri to a server every node can reach")
+                        "set mlflow.tracking_uri (or $MLFLOW_TRACKING_URI on the head) to a server every node can reach")
     if problems:
-        raise SpecError(problems)
+        raise SpecError([f"{job.name}: {p}" for p in problems])
+
+
+def tracking_server(job, workspace: Workspace) -> tuple[str, bool]:
+    """(tracking URI, whether it is the embedded server): the spec's mlflow.tracking_uri, else
+    $MLFLOW_TRACKING_URI (the cluster configs set it on the head to the cluster's server, see
+    cluster/mlflow-server.sh), else the workspace's embedded server, started if needed."""
+    if job.mlflow.tracking_uri:
+        return job.mlflow.tracking_uri, False
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV], False
+    print(f"[sar] starting (or reusing) the MLflow server in {workspace.mlflow_root()}", flush=True)
+    return ensure_server(workspace.mlflow_root(), job.mlflow.port).uri, True
 
 
 def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
@@ -71,21 +93,17 @@ def run_job(job, spec_text: str = "", address: str | None = None, resume: bool =
 
     workspace = Workspace.of(job.storage)
     preflight(job, workspace, resume)
-    if job.mlflow.tracking_uri:
-        tracking_uri = job.mlflow.tracking_uri
-    else:
-        print(f"[sar] starting (or reusing) the MLflow server in {workspace.mlflow_root()}", flush=True)
-        tracking_uri = ensure_server(workspace.mlflow_root(), job.mlflow.port).uri
+    tracking_uri, embedded_mlflow = tracking_server(job, workspace)
     tracker = Tracker(tracking_uri, job.mlflow.experiment)
     print(f"[sar] MLflow: {tracker.runs_url()}", flush=True)
     # MLflow would print a "View run" link per finished run; the runner prints the experiment's once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    env = {TRACKING_URI_ENV: tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     started_ray = not ray.is_initialized()
     if started_ray:
         connect_ray(address, num_cpus, env)
     try:
-        check_cluster(job, workspace, tracking_uri)
+        check_cluster(job, workspace, tracking_uri, embedded_mlflow)
         session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
         outputs = session.run(job, parent=None, run_name=job.name)
     finally:

@@ -24,7 +24,7 @@ class StrictModel(BaseModel):
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
 
-def _absolute_if_local(value: str) -> str:
+def absolute_if_local(value: str) -> str:
     """Relative local paths are resolved once, at load time, against the directory `sar` runs in
     (or $SAR_BASE_DIR: `sar submit` sets it to the submitter's directory), so that Ray workers and
     job drivers, whose working directories differ, see the same files."""
@@ -34,7 +34,7 @@ def _absolute_if_local(value: str) -> str:
     return str((base / Path(value).expanduser()).resolve())
 
 
-PathOrURI = Annotated[str, AfterValidator(_absolute_if_local)]
+PathOrURI = Annotated[str, AfterValidator(absolute_if_local)]
 """A local path (made absolute), an s3:// URI, or `step:<name>` (the output of a pipeline step)."""
 
 

@@ -15,14 +15,16 @@ from sar_core.objectives import TokenBatch
 from sar_core.schedule import ScaleSchedule
 
 
-def evaluate_generator(model, tokenizer, job, schedule: ScaleSchedule, out_dir: Path, trace_batch: TokenBatch | None = None):
-    """Collective over the data-parallel workers; rank 0 gets (metrics, figure paths), others ({}, [])."""
+def evaluate_generator(model, tokenizer, job, schedule: ScaleSchedule, out_dir: Path, trace_batch: TokenBatch | None = None,
+                       cache_dir: Path | None = None):
+    """Collective over the data-parallel workers; rank 0 gets (metrics, figure paths), others ({}, []).
+    `cache_dir`: where the prepared metric classifier and reference features are (None: the data cache)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = job.data.image_dataset(tokenizer.config.image_size)
     figures = FigureConfig() if job.eval.figures else None
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     result = evaluate(model, tokenizer, job.eval.sampling, job.eval.metrics, schedule, out_dir,
-                      data=data, figures=figures, progress=rank == 0)
+                      data=data, figures=figures, progress=rank == 0, cache_dir=cache_dir)
     paths = [Path(p) for p in result.figures.values()]
     if rank == 0 and result.samples_path is not None:
         paths.append(Path(result.samples_path))

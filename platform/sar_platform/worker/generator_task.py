@@ -78,7 +78,7 @@ class GeneratorTask:
 
     def evaluate(self, model, step: int, final: bool):
         return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default, Path(tempfile.mkdtemp()),
-                                  trace_batch=self.trace_batch())
+                                  trace_batch=self.trace_batch(), cache_dir=self.workspace.eval_cache())
 
     def trace_batch(self) -> TokenBatch:
         labels, tokens = first_rows(self.inputs.shards, 8, self.device)

@@ -28,7 +28,8 @@ def score_generator(config: dict) -> None:
     model = load_model(workspace.local_copy(job.generator), kind="generator", device=device).eval()
     compatible(model, tokenizer)
     with autocast(device, precision(job)):
-        metrics, paths = evaluate_generator(model, tokenizer, job, ScaleSchedule(job.schedule), Path(tempfile.mkdtemp()))
+        metrics, paths = evaluate_generator(model, tokenizer, job, ScaleSchedule(job.schedule), Path(tempfile.mkdtemp()),
+                                            cache_dir=workspace.eval_cache())
     if ray.train.get_context().get_world_rank() == 0 and handle is not None:
         handle.log_metrics(metrics, 0)
         for path in paths:
