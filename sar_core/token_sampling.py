@@ -38,6 +38,17 @@ class SamplingConfig:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
+    def unread_fields(self) -> dict[str, str]:
+        """Field -> why sampling with these settings never reads it."""
+        if self.cfg == 0:
+            return {"cfg_ramp": "is only read when cfg > 0 (cfg 0 samples without guidance)"}
+        return {}
+
+    def summary(self) -> str:
+        """The settings in one line, as figures and provenance records show them."""
+        guidance = f"cfg {self.cfg:g} ({self.cfg_ramp} ramp)" if self.cfg > 0 else "no cfg"
+        return f"{guidance}, top-k {self.top_k}, top-p {self.top_p:g}, temperature {self.temperature:g}"
+
     def cfg_at(self, scale_index: int, num_scales: int) -> float:
         ratio = scale_index / (num_scales - 1) if num_scales > 1 else 1.0
         if self.cfg_ramp == "linear":

@@ -1,8 +1,10 @@
 """The `sar` command line: validate, run, submit, browse and score SAR jobs.
 
-Runs in the `sar` process. Each subcommand is one `add_<command>` (its arguments) and one
-`cmd_<command>` (what it does); heavy modules are imported by the command that needs them, so
-`sar validate` answers in a second.
+Runs in the `sar` process. Each subcommand is one `add_<command>` (its arguments), one
+`build_<command>` (its flags turned into the request it carries out: every flag lands there, and a
+test checks that each one changes it) and one `cmd_<command>` (what it does with the request);
+heavy modules are imported by the command that needs them, so `sar validate` answers in a second.
+A flag whose value is unusable, or that its other flags make meaningless, exits 2 before anything runs.
 """
 from __future__ import annotations
 
@@ -10,9 +12,15 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 EXIT_SPEC_ERROR = 2
+
+
+class UsageError(ValueError):
+    """A flag value that cannot be used; the message names the flag."""
 
 
 def _load(paths):
@@ -31,10 +39,18 @@ def _load(paths):
     return jobs
 
 
+def build_validate(args) -> tuple:
+    return tuple(zip(args.specs, _load(args.specs)))
+
+
 def cmd_validate(args) -> int:
-    for path, job in zip(args.specs, _load(args.specs)):
+    for path, job in build_validate(args):
         print(f"ok: {path} ({job.kind} '{job.name}')")
     return 0
+
+
+def build_schema(args) -> None:
+    return None
 
 
 def cmd_schema(args) -> int:
@@ -44,13 +60,32 @@ def cmd_schema(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
+@dataclass(frozen=True)
+class RunRequest:
+    job: Any
+    spec_text: str
+    address: str | None
+    resume: bool
+    num_cpus: int | None
+
+
+def build_run(args) -> RunRequest:
     (job,) = _load([args.spec])
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
+    if args.num_cpus is not None and args.address:
+        raise UsageError("--num-cpus sizes the embedded Ray; it is not read with --address (the cluster has its own)")
+    return RunRequest(job, Path(args.spec).read_text(), args.address, args.resume, args.num_cpus)
+
+
+def cmd_run(args) -> int:
+    request = build_run(args)
     from sar_platform.runner import run_job
     from sar_platform.spec import SpecError
 
     try:
-        run_job(job, spec_text=Path(args.spec).read_text(), address=args.address, resume=args.resume, num_cpus=args.num_cpus)
+        run_job(request.job, spec_text=request.spec_text, address=request.address, resume=request.resume,
+                num_cpus=request.num_cpus)
     except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
         print(str(e), file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -68,101 +103,192 @@ def _cluster_command(run) -> int:
         return EXIT_SPEC_ERROR
 
 
-def cmd_submit(args) -> int:
+@dataclass(frozen=True)
+class SubmitRequest:
+    job: Any
+    spec: Path
+    address: str | None
+    resume: bool
+    wait: bool
+    shared: tuple[str, ...]
+
+
+def build_submit(args) -> SubmitRequest:
     (job,) = _load([args.spec])
+    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()))
+
+
+def cmd_submit(args) -> int:
+    r = build_submit(args)
     from sar_platform.driver.submit import submit_job
 
-    return _cluster_command(lambda: submit_job(job, Path(args.spec), args.address, resume=args.resume,
-                                               wait=not args.no_wait, shared=args.shared_path))
+    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared)))
 
 
-def cmd_jobs_list(args) -> int:
+@dataclass(frozen=True)
+class JobsRequest:
+    action: str  # list | status | logs | stop
+    address: str | None
+    job_id: str | None = None
+    follow: bool = False
+    wait: bool = True
+
+
+def build_jobs(args) -> JobsRequest:
+    return JobsRequest(args.action, args.address, getattr(args, "job_id", None), getattr(args, "follow", False),
+                       not getattr(args, "no_wait", False))
+
+
+def cmd_jobs(args) -> int:
     from sar_platform.driver import jobs
 
-    return _cluster_command(lambda: jobs.list_jobs(args.address))
+    r = build_jobs(args)
+    actions = {
+        "list": lambda: jobs.list_jobs(r.address),
+        "status": lambda: jobs.show_status(r.address, r.job_id),
+        "logs": lambda: jobs.show_logs(r.address, r.job_id, r.follow),
+        "stop": lambda: jobs.stop(r.address, r.job_id, wait=r.wait),
+    }
+    return _cluster_command(actions[r.action])
 
 
-def cmd_jobs_status(args) -> int:
-    from sar_platform.driver import jobs
-
-    return _cluster_command(lambda: jobs.show_status(args.address, args.job_id))
-
-
-def cmd_jobs_logs(args) -> int:
-    from sar_platform.driver import jobs
-
-    return _cluster_command(lambda: jobs.show_logs(args.address, args.job_id, args.follow))
+@dataclass(frozen=True)
+class UiRequest:
+    root: Path | None  # the workspace's MLflow folder; None: the spec tracks to its own server
+    port: int
+    stop: bool
+    tracking_uri: str | None = None
 
 
-def cmd_jobs_stop(args) -> int:
-    from sar_platform.driver import jobs
+def build_ui(args) -> UiRequest:
+    from sar_platform.services.storage import Workspace
 
-    return _cluster_command(lambda: jobs.stop(args.address, args.job_id, wait=not args.no_wait))
+    if args.spec:
+        if args.workspace is not None or args.port is not None:
+            raise UsageError("give SPEC or --workspace / --port, not both: SPEC names its own storage and port")
+        (job,) = _load([args.spec])
+        if job.mlflow.tracking_uri:
+            return UiRequest(None, 0, args.stop, job.mlflow.tracking_uri)
+        return UiRequest(Workspace.of(job.storage).mlflow_root(), job.mlflow.port, args.stop)
+    workspace = Path(args.workspace or "workspace").resolve()
+    return UiRequest(Workspace(str(workspace)).mlflow_root(), 5055 if args.port is None else args.port, args.stop)
 
 
 def cmd_ui(args) -> int:
     from sar_platform.services.mlflow_server import ensure_server, stop_server
-    from sar_platform.services.storage import Workspace
 
-    if args.spec:
-        (job,) = _load([args.spec])
-        if job.mlflow.tracking_uri:
-            print(f"this spec tracks to {job.mlflow.tracking_uri}; open that server's UI")
-            return 0
-        root, port = Workspace.of(job.storage).mlflow_root(), job.mlflow.port
-    else:
-        root, port = Workspace(str(Path(args.workspace).resolve())).mlflow_root(), args.port
-    if args.stop:
-        print("stopped" if stop_server(root) else "no server was running")
+    r = build_ui(args)
+    if r.tracking_uri:
+        print(f"this spec tracks to {r.tracking_uri}; open that server's UI")
         return 0
-    info = ensure_server(root, port)
+    if r.stop:
+        print("stopped" if stop_server(r.root) else "no server was running")
+        return 0
+    info = ensure_server(r.root, r.port)
     print(f"MLflow UI: {info.uri}  (runs tables: {info.uri}/#/experiments)")
     return 0
 
 
-def cmd_eval(args) -> int:
-    from sar_platform.driver.adhoc import score_checkpoint
+def _checkpoints(args):
+    from sar_core.token_sampling import SamplingConfig
+    from sar_platform.driver.adhoc import Checkpoints
 
-    score_checkpoint(args)
-    return 0
+    try:
+        schedule = tuple(int(s) for s in args.schedule.split(",")) if args.schedule else None
+    except ValueError:
+        raise UsageError(f"--schedule must be comma-separated scale sizes such as 1,2,3,5,7; got {args.schedule!r}") from None
+    try:
+        sampling = SamplingConfig(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p)
+    except ValueError as e:
+        raise UsageError(f"--cfg / --top-k / --top-p: {e}") from None
+    return Checkpoints(args.generator, args.tokenizer, schedule, sampling, args.out, args.device)
+
+
+def build_sample(args):
+    from sar_platform.driver.adhoc import SampleRequest
+
+    try:
+        labels = tuple(int(c) for c in args.labels.split(",")) if args.labels else None
+    except ValueError:
+        raise UsageError(f"--labels must be comma-separated class indices such as 0,3,7; got {args.labels!r}") from None
+    return SampleRequest(_checkpoints(args), labels, args.seed, args.npz)
 
 
 def cmd_sample(args) -> int:
     from sar_platform.driver.adhoc import sample_checkpoint
 
-    sample_checkpoint(args)
+    sample_checkpoint(build_sample(args))
     return 0
+
+
+EVAL_FLAGS = {"inception_weights": "--inception-weights"}
+"""MetricConfig fields set by a flag that other flags can make unread."""
+
+
+def build_eval(args):
+    from sar_core.eval import MetricConfig
+    from sar_platform.driver.adhoc import ScoreRequest
+    from sar_platform.spec import DataSpec
+
+    try:
+        metrics = MetricConfig(num_samples=args.num_samples, feature_network=args.feature_network,
+                               inception_weights=args.inception_weights or "", reference=args.reference,
+                               batch_size=min(250, args.num_samples), seed=args.seed)
+        data = DataSpec(dataset=args.dataset, root=args.data_root)
+    except ValueError as e:
+        raise UsageError(str(e).splitlines()[-1] if "validation error" in str(e) else str(e)) from None
+    for field, why in metrics.unread_fields().items():
+        if field in EVAL_FLAGS and getattr(args, field) is not None:
+            raise UsageError(f"{EVAL_FLAGS[field]} {why}")
+    return ScoreRequest(_checkpoints(args), metrics, data)
+
+
+def cmd_eval(args) -> int:
+    from sar_platform.driver.adhoc import score_checkpoint
+
+    score_checkpoint(build_eval(args))
+    return 0
+
+
+def build_import_flexvar(args) -> tuple:
+    return args.generator, args.vqvae, args.out, args.image_size
 
 
 def cmd_import_flexvar(args) -> int:
     from sar_core.flexvar_import import import_flexvar
 
-    gen, tok = import_flexvar(args.generator, args.vqvae, args.out, image_size=args.image_size)
+    generator, vqvae, out, image_size = build_import_flexvar(args)
+    gen, tok = import_flexvar(generator, vqvae, out, image_size=image_size)
     print(f"generator -> {gen}\ntokenizer -> {tok}")
     return 0
+
+
+def build_data(args) -> tuple:
+    return args.dataset, args.root, args.download
 
 
 def cmd_data(args) -> int:
     from sar_core.data.fashion_mnist import DataNotFoundError, find_root
 
+    _, root, download = build_data(args)
     try:
-        root = find_root(args.root, download=args.download)
+        found = find_root(root, download=download)
     except DataNotFoundError as e:
         print(e, file=sys.stderr)
         return 1
-    print(f"Fashion-MNIST: {root}")
+    print(f"Fashion-MNIST: {found}")
     return 0
 
 
 def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check job specs (exit 2 with file:line:col errors)")
     p.add_argument("specs", nargs="+", metavar="SPEC")
-    p.set_defaults(func=cmd_validate)
+    p.set_defaults(func=cmd_validate, build=build_validate)
 
 
 def add_schema(sub) -> None:
     p = sub.add_parser("schema", help="print the JSON Schema of job specs (for editor completion)")
-    p.set_defaults(func=cmd_schema)
+    p.set_defaults(func=cmd_schema, build=build_schema)
 
 
 def add_run(sub) -> None:
@@ -171,7 +297,7 @@ def add_run(sub) -> None:
     p.add_argument("--address", help="connect to this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its latest checkpoints")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, build=build_run)
 
 
 def add_address(p) -> None:
@@ -188,7 +314,7 @@ def add_submit(sub) -> None:
     p.add_argument("--shared-path", action="append", metavar="PREFIX",
                    help="a file system every node mounts at this same path (e.g. /mnt/fsx); local paths of the spec "
                         "must lie under one (repeatable; also $SAR_SHARED_PATHS)")
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=cmd_submit, build=build_submit)
 
 
 def add_jobs(sub) -> None:
@@ -196,30 +322,30 @@ def add_jobs(sub) -> None:
     actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     listing = actions.add_parser("list", help="every submitted job: id, status, start time, spec")
     add_address(listing)
-    listing.set_defaults(func=cmd_jobs_list)
+    listing.set_defaults(func=cmd_jobs, build=build_jobs)
     status = actions.add_parser("status", help="a job's status, times, spec and MLflow run")
     status.add_argument("job_id", metavar="ID")
     add_address(status)
-    status.set_defaults(func=cmd_jobs_status)
+    status.set_defaults(func=cmd_jobs, build=build_jobs)
     logs = actions.add_parser("logs", help="a job's driver log")
     logs.add_argument("job_id", metavar="ID")
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     add_address(logs)
-    logs.set_defaults(func=cmd_jobs_logs)
+    logs.set_defaults(func=cmd_jobs, build=build_jobs)
     stop = actions.add_parser("stop", help="stop a job (its MLflow runs end KILLED)")
     stop.add_argument("job_id", metavar="ID")
     stop.add_argument("--no-wait", action="store_true", help="return once the stop is requested")
     add_address(stop)
-    stop.set_defaults(func=cmd_jobs_stop)
+    stop.set_defaults(func=cmd_jobs, build=build_jobs)
 
 
 def add_ui(sub) -> None:
     p = sub.add_parser("ui", help="start (or find) the MLflow server of a workspace and print its URL")
     p.add_argument("spec", nargs="?", help="use this spec's storage and MLflow settings")
-    p.add_argument("--workspace", default="workspace")
-    p.add_argument("--port", type=int, default=5055)
+    p.add_argument("--workspace", help="the workspace folder (default: ./workspace)")
+    p.add_argument("--port", type=int, help="port of a server started now (default: 5055)")
     p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
-    p.set_defaults(func=cmd_ui)
+    p.set_defaults(func=cmd_ui, build=build_ui)
 
 
 def add_checkpoint_arguments(p) -> None:
@@ -230,7 +356,7 @@ def add_checkpoint_arguments(p) -> None:
     p.add_argument("--cfg", type=float, default=2.5)
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds the generation (eval: also the reference images)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default="auto", help="cuda, cpu or auto")
 
@@ -240,7 +366,7 @@ def add_sample(sub) -> None:
     add_checkpoint_arguments(p)
     p.add_argument("--labels", default="", help="comma-separated classes (default: 8 of each class)")
     p.add_argument("--npz", action="store_true", help="also write the NHWC uint8 .npz the ADM evaluator reads")
-    p.set_defaults(func=cmd_sample)
+    p.set_defaults(func=cmd_sample, build=build_sample)
 
 
 def add_eval(sub) -> None:
@@ -252,7 +378,7 @@ def add_eval(sub) -> None:
     p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
     p.add_argument("--dataset", choices=["fashion_mnist", "image_folder"], default="fashion_mnist")
     p.add_argument("--data-root", help="the data set's folder (image_folder: holds <split>/<class>/)")
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=cmd_eval, build=build_eval)
 
 
 def add_import_flexvar(sub) -> None:
@@ -261,7 +387,7 @@ def add_import_flexvar(sub) -> None:
     p.add_argument("--vqvae", required=True, help="FlexVAR VQ-VAE .pth (FlexVAE.pth)")
     p.add_argument("--out", required=True, help="output folder for generator/tokenizer .safetensors")
     p.add_argument("--image-size", type=int, default=256)
-    p.set_defaults(func=cmd_import_flexvar)
+    p.set_defaults(func=cmd_import_flexvar, build=build_import_flexvar)
 
 
 def add_data(sub) -> None:
@@ -269,7 +395,7 @@ def add_data(sub) -> None:
     p.add_argument("dataset", choices=["fashion-mnist"])
     p.add_argument("--root", help="a folder holding the four .gz files")
     p.add_argument("--download", action="store_true", help="download from the official mirror into the data cache")
-    p.set_defaults(func=cmd_data)
+    p.set_defaults(func=cmd_data, build=build_data)
 
 
 SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_sample, add_eval, add_import_flexvar, add_data)
@@ -285,7 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"sar {args.command}: {e}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
 
 
 if __name__ == "__main__":

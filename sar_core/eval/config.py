@@ -38,6 +38,8 @@ class MetricConfig:
         each must be a scale of the evaluated schedule.
     seed: seeds the generation (per global batch) and the choice of real reference images.
     save_npz: also write the samples as the ADM evaluator's NHWC uint8 `samples.npz`.
+    bootstrap: resamples of the generated samples behind each metric's standard error (`fid_se`,
+        ...; see sar_core/eval/uncertainty.py); 0: no standard errors.
     """
 
     # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
@@ -56,6 +58,7 @@ class MetricConfig:
     fid_at_scales: tuple[int, ...] = ()
     seed: int = 0
     save_npz: bool = False
+    bootstrap: int = 20
 
     def __post_init__(self):
         object.__setattr__(self, "fid_at_scales", tuple(self.fid_at_scales))
@@ -70,10 +73,24 @@ class MetricConfig:
         _require(self.block_size >= 1, "block_size", "an integer >= 1", self.block_size)
         _require(all(isinstance(s, int) and s >= 1 for s in self.fid_at_scales), "fid_at_scales",
                  "a list of positive scale sizes (e.g. [4])", self.fid_at_scales)
+        _require(self.bootstrap == 0 or self.bootstrap >= 2, "bootstrap", "0 (no standard errors) or an integer >= 2",
+                 self.bootstrap)
         if self.feature_network == "inception":
             _require(bool(self.inception_weights), "inception_weights",
                      "a path or URI of pt_inception-2015-12-05-6726825d.pth when feature_network is 'inception'",
                      self.inception_weights)
+
+    def unread_fields(self) -> dict[str, str]:
+        """Field -> why scoring with these settings never reads it."""
+        out = {}
+        if self.feature_network != "inception":
+            why = f"is only read with feature_network: inception (here {self.feature_network})"
+            out.update(inception_weights=why, allow_download=why)
+        elif not self.inception_weights.startswith(("http://", "https://")):
+            out["allow_download"] = "is only read when inception_weights is an http(s):// URL"
+        if self.reference_is_npz:
+            out["num_reference"] = "is not read with a reference .npz (the file is used whole)"
+        return out
 
     @property
     def reference_is_npz(self) -> bool:

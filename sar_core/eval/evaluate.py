@@ -44,7 +44,8 @@ from sar_core.eval.features import FeatureNetwork, Features, batch_features
 from sar_core.eval.fmnist_classifier import check_classifier_data, load_classifier
 from sar_core.eval.inception import load_inception
 from sar_core.eval.metrics import GaussianStats, frechet_distance
-from sar_core.eval.reference import RealReference, choose_rows, real_reference, score
+from sar_core.eval.reference import RealReference, bootstrap_counts, choose_rows, real_reference, score
+from sar_core.eval.uncertainty import fid_bootstrap, standard_error
 from sar_core.generation import decode_scales, generate
 from sar_core.progress import progress_bar
 from sar_core.schedule import ScaleSchedule
@@ -218,6 +219,9 @@ def _metrics(rows: dict[str, np.ndarray], real: RealReference, metrics: MetricCo
     out = score(Features(rows["features"], rows["logits"]), real, metrics, device)
     for s in metrics.fid_at_scales:
         out[scale_key(s)] = frechet_distance(GaussianStats.from_features(rows[f"s{s}"]), real.stats)
+        if metrics.bootstrap:
+            counts = bootstrap_counts(len(rows[f"s{s}"]), metrics)
+            out[scale_key(s) + "_se"] = standard_error(fid_bootstrap(rows[f"s{s}"], real.stats, counts))
     return out
 
 

@@ -179,23 +179,59 @@ def manifold_radii(features_ND, k: int = 3, block_size: int = 5000, device: str 
     return radii.numpy()
 
 
+COVER_K = 32
+"""Generated samples kept per real point that cover it (for the recall bootstrap, uncertainty.py)."""
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Who lies in whose k-NN ball: precision and recall, and what their bootstrap needs."""
+
+    sample_inside: np.ndarray  # (N,) bool: generated sample i lies inside some real point's ball
+    real_covered_by: np.ndarray  # (M, COVER_K) int: generated samples whose ball holds real point m (-1: none)
+
+    @property
+    def precision(self) -> float:
+        return float(self.sample_inside.mean())
+
+    @property
+    def recall(self) -> float:
+        return float((self.real_covered_by >= 0).any(axis=1).mean())
+
+
 @torch.no_grad()
-def manifold_coverage(
-    real_MD, real_radii_M, fake_ND, fake_radii_N, block_size: int = 5000, device: str | torch.device = "cpu"
-) -> tuple[float, float]:
-    """(precision, recall) given both sets and their radii; one blocked pass over real x fake."""
+def coverage(real_MD, real_radii_M, fake_ND, fake_radii_N, block_size: int = 5000,
+             device: str | torch.device = "cpu") -> Coverage:
+    """One blocked pass over real x fake distances: each sample inside the real manifold or not,
+    and for each real point up to COVER_K samples whose balls hold it."""
     real, fake = _as_tensor(real_MD), _as_tensor(fake_ND)
     r_real = torch.as_tensor(real_radii_M, dtype=torch.float32)
     r_fake = torch.as_tensor(fake_radii_N, dtype=torch.float32)
-    fake_in = torch.zeros(len(fake), dtype=torch.bool)  # sample lies in some real ball
-    real_in = torch.zeros(len(real), dtype=torch.bool)  # real point lies in some sample ball
+    fake_in = torch.zeros(len(fake), dtype=torch.bool)
+    cover = torch.full((len(real), COVER_K), -1, dtype=torch.long)
     for r0, r1 in _blocks(len(real), block_size):
         rb, rr = real[r0:r1].to(device), r_real[r0:r1].to(device)
+        depth = torch.full((r1 - r0, COVER_K), float("-inf"), device=device)  # how far inside; -inf: not
+        index = torch.full((r1 - r0, COVER_K), -1, dtype=torch.long, device=device)
         for f0, f1 in _blocks(len(fake), block_size):
             d = squared_distances(rb, fake[f0:f1].to(device))  # (real block, fake block)
             fake_in[f0:f1] |= (d <= rr[:, None]).any(dim=0).cpu()
-            real_in[r0:r1] |= (d <= r_fake[f0:f1].to(device)[None]).any(dim=1).cpu()
-    return float(fake_in.double().mean()), float(real_in.double().mean())
+            margin = r_fake[f0:f1].to(device)[None] - d
+            margin = margin.masked_fill(margin < 0, float("-inf"))
+            k = min(COVER_K, f1 - f0)
+            top, idx = margin.topk(k, dim=1)
+            depth, pick = torch.cat([depth, top], 1).topk(COVER_K, dim=1)
+            index = torch.cat([index, idx + f0], 1).gather(1, pick)
+        cover[r0:r1] = torch.where(torch.isinf(depth), -1, index).cpu()
+    return Coverage(fake_in.numpy(), cover.numpy())
+
+
+def manifold_coverage(
+    real_MD, real_radii_M, fake_ND, fake_radii_N, block_size: int = 5000, device: str | torch.device = "cpu"
+) -> tuple[float, float]:
+    """(precision, recall) given both sets and their radii."""
+    c = coverage(real_MD, real_radii_M, fake_ND, fake_radii_N, block_size, device)
+    return c.precision, c.recall
 
 
 def precision_recall(

@@ -24,7 +24,9 @@ from sar_core.data.dataset import ImageDataset, model_input_batches
 from sar_core.eval.config import MetricConfig
 from sar_core.eval.export import ReferenceNpz, read_reference_npz
 from sar_core.eval.features import FeatureNetwork, Features, extract_features
-from sar_core.eval.metrics import GaussianStats, frechet_distance, inception_score, precision_recall
+from sar_core.eval.metrics import GaussianStats, coverage, frechet_distance, inception_score, manifold_radii
+from sar_core.eval.uncertainty import (fid_bootstrap, inception_score_bootstrap, precision_recall_bootstrap,
+                                       resample_counts, standard_error)
 
 
 @dataclass
@@ -93,14 +95,30 @@ HEADLINE_METRICS = ("fid", "is", "precision", "recall")
 
 
 def score(fake: Features, real: RealReference, metrics: MetricConfig, device="cpu") -> dict[str, float]:
-    """The four metrics of `fake` against `real`."""
-    precision, recall = precision_recall(real.features.features, fake.features, metrics.pr_k, metrics.block_size, device)
-    return {
+    """The four metrics of `fake` against `real`, and with `metrics.bootstrap` their standard
+    errors over resamples of the generated samples (`fid_se`, ...; sar_core/eval/uncertainty.py)."""
+    k, block = metrics.pr_k, metrics.block_size
+    real_radii = manifold_radii(real.features.features, k, block, device)
+    fake_radii = manifold_radii(fake.features, k, block, device)
+    cover = coverage(real.features.features, real_radii, fake.features, fake_radii, block, device)
+    out = {
         "fid": frechet_distance(GaussianStats.from_features(fake.features), real.stats),
         "is": inception_score(fake.logits, metrics.is_splits),
-        "precision": precision,
-        "recall": recall,
+        "precision": cover.precision,
+        "recall": cover.recall,
     }
+    if metrics.bootstrap:
+        counts = bootstrap_counts(len(fake.features), metrics)
+        precision, recall = precision_recall_bootstrap(cover, counts)
+        out.update(fid_se=standard_error(fid_bootstrap(fake.features, real.stats, counts)),
+                   is_se=standard_error(inception_score_bootstrap(fake.logits, counts, metrics.is_splits)),
+                   precision_se=standard_error(precision), recall_se=standard_error(recall))
+    return out
+
+
+def bootstrap_counts(n: int, metrics: MetricConfig):
+    """The resamples behind every standard error of one evaluation (seeded by the metric seed)."""
+    return resample_counts(n, metrics.bootstrap, metrics.seed * 7_919 + 1)
 
 
 def real_floor(network: FeatureNetwork, data: ImageDataset, count: int, image_size: int, metrics: MetricConfig = MetricConfig(),

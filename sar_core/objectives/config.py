@@ -3,7 +3,9 @@
 `ObjectiveConfig` is a frozen stdlib dataclass of plain fields (the platform embeds it in its
 pydantic spec tree, which validates field types and Literal choices at the field's path and turns
 the ValueErrors of `__post_init__`, whose messages name the field, into errors at the config's
-path). Every field has a default; which fields a kind reads is `ObjectiveConfig.active_fields()`:
+path). Every field has a default; which fields a kind reads is `ObjectiveConfig.active_fields()`,
+and `unread_fields()` says of every other one why it is not read (specs refuse such fields when
+they are written explicitly):
 
     kind           tf | sar | sf_full | sf_alternate | sf_interleave | sf_hybrid
     weighting      token | scale | dynamic   per-scale weights of every loss (all kinds)
@@ -12,6 +14,7 @@ path). Every field has a default; which fields a kind reads is `ObjectiveConfig.
     rollout        SamplingConfig            top_k/top_p/temperature (stochastic, cfg), cfg/cfg_ramp (cfg)
     gamma, rollout_depth, csfl_target, csfl_scales, student_context, student_fraction    (sar)
     hybrid_scale   scale SIZE from which sf_hybrid student-forces ("Hybrid @ 8")       (sf_hybrid)
+    preset         the name of the preset the values started from (a label recorded with runs)
 
 `OBJECTIVE_PRESETS` names the paper's equation-10 SAR and the released code's SAR.
 """
@@ -32,11 +35,8 @@ CsflScales = Literal["all", "last", "random_one"]
 StudentContext = Literal["full", "single_scale"]
 
 _SAR_FIELDS = ("gamma", "rollout_depth", "csfl_target", "csfl_scales", "student_context", "student_fraction")
-_ROLLOUT_FIELDS = {
-    "argmax": (),
-    "stochastic": ("rollout.top_k", "rollout.top_p", "rollout.temperature"),
-    "cfg": ("rollout.cfg", "rollout.cfg_ramp", "rollout.top_k", "rollout.top_p", "rollout.temperature"),
-}
+_GUIDANCE_FIELDS = ("rollout.cfg", "rollout.cfg_ramp")
+_SCALES_WORDS = {"all": "all scales", "last": "the last scale", "random_one": "one random scale"}
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,7 @@ class ObjectiveConfig:
     student_context: StudentContext = "full"
     student_fraction: float = 1.0
     hybrid_scale: int = 8
+    preset: str = ""
 
     def __post_init__(self):
         for name, choices in (("kind", Kind), ("weighting", Weighting), ("sampling", SamplingStrategy),
@@ -77,6 +78,8 @@ class ObjectiveConfig:
                              "'last' or 'random_one'; got csfl_scales='all' (use student_context='full' for all scales)")
         if self.sampling == "cfg" and self.rollout.cfg == 0:
             raise ValueError("sampling='cfg' needs rollout.cfg > 0 (cfg 0 is unguided: use sampling='stochastic')")
+        if self.preset and self.preset not in OBJECTIVE_PRESETS:
+            raise ValueError(f"unknown objective preset {self.preset!r}; presets: {', '.join(OBJECTIVE_PRESETS)}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "ObjectiveConfig":
@@ -84,19 +87,50 @@ class ObjectiveConfig:
         return cls(**merge_preset(name, overrides))
 
     def active_fields(self) -> tuple[str, ...]:
-        """The fields this configuration's training step reads; the others do not change it.
+        """The fields this configuration's training step reads; the others do not change it."""
+        unread = self.unread_fields()
+        paths = [f.name for f in fields(self) if f.name not in ("rollout", "preset")]
+        paths[paths.index("sampling") + 1:paths.index("sampling") + 1] = [f"rollout.{f.name}" for f in fields(self.rollout)]
+        return tuple(p for p in paths if not any(p == u or p.startswith(u + ".") for u in unread))
 
-        Diagnostics and `student_forcing_trace` also read `sampling` and its rollout fields, for every kind.
-        """
-        out = ["kind", "weighting"] + (["dynamic_momentum"] if self.weighting == "dynamic" else [])
-        if self.kind == "tf":
-            return tuple(out)
-        out += ["sampling", *_ROLLOUT_FIELDS[self.sampling]]
+    def unread_fields(self) -> dict[str, str]:
+        """Field path -> why this configuration's training step never reads it, and what would make
+        it count. A path covers the fields below it (`rollout` covers `rollout.top_k`)."""
+        kind = self.kind
+        out = {}
+        if self.weighting != "dynamic":
+            out["dynamic_momentum"] = f"is only read with weighting: dynamic (here weighting: {self.weighting})"
+        if kind != "sf_hybrid":
+            out["hybrid_scale"] = f"is only read by kind: sf_hybrid (here kind: {kind})"
+        if kind != "sar":
+            out.update({f: f"is only read by kind: sar (here kind: {kind}; use kind: sar, or remove it)" for f in _SAR_FIELDS})
+        if kind == "tf":
+            why = "is not read by kind: tf: teacher forcing never draws tokens (use kind: sar or sf_*, or remove it)"
+            return {**out, "sampling": why, "rollout": why}
+        return {**out, **unread_rollout_fields(self.sampling, self.rollout)}
+
+    def summary(self) -> str:
+        """One line saying what this objective is, e.g. "sar (paper preset), γ=1, cfg rollout, ..."."""
+        head = self.kind + (f" ({self.preset} preset)" if self.preset else "")
+        parts = [head]
         if self.kind == "sar":
-            out += _SAR_FIELDS
-        if self.kind == "sf_hybrid":
-            out.append("hybrid_scale")
-        return tuple(out)
+            parts += [f"γ={self.gamma:g}", f"{self.sampling} rollout" + (f" x{self.rollout_depth}" if self.rollout_depth > 1 else ""),
+                      f"CSFL {self.csfl_target} on {_SCALES_WORDS[self.csfl_scales]}"]
+            if self.student_context != "full" or self.student_fraction < 1:
+                parts.append(f"student {self.student_context}, fraction {self.student_fraction:g}")
+        elif self.kind != "tf":
+            parts.append(f"{self.sampling} rollout" + (f" from scale {self.hybrid_scale}" if self.kind == "sf_hybrid" else ""))
+        parts.append(f"{self.weighting} weighting")
+        return ", ".join(parts)
+
+
+def unread_rollout_fields(sampling: str, rollout: SamplingConfig) -> dict[str, str]:
+    """`rollout` field paths that drawing tokens with `sampling` never reads -> why."""
+    if sampling == "argmax":
+        return {"rollout": "is not read with sampling: argmax (use sampling: stochastic or cfg, or remove it)"}
+    if sampling == "stochastic":
+        return {f: "is only read with sampling: cfg (use sampling: cfg, or remove it)" for f in _GUIDANCE_FIELDS}
+    return {f"rollout.{k}": why for k, why in rollout.unread_fields().items()}
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
@@ -131,7 +165,7 @@ def merge_preset(name: str, overrides: dict[str, Any] | None = None) -> dict[str
     dicts merge key by key). This is the expansion a spec's `preset:` key stands for."""
     if name not in OBJECTIVE_PRESETS:
         raise ValueError(f"unknown objective preset {name!r}; presets: {', '.join(OBJECTIVE_PRESETS)}")
-    values = copy.deepcopy(OBJECTIVE_PRESETS[name])
+    values = {**copy.deepcopy(OBJECTIVE_PRESETS[name]), "preset": name}
     known = {f.name for f in fields(ObjectiveConfig)}
     for key, value in (overrides or {}).items():
         if key not in known:

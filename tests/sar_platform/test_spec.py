@@ -116,7 +116,7 @@ def test_sweeps_refuse_unknown_paths_and_invalid_candidates_before_running(tmp_p
 def test_a_sweep_over_an_objective_field_its_kind_never_reads_is_refused(tmp_path):
     """Identical trials under different labels would be a setting that silently does nothing."""
     (problem,) = errors(tmp_path, SWEEP.replace("objective: {kind: sar}", "objective: {kind: tf}"))
-    assert "space.objective.gamma: objective kind 'tf'" in problem and "does not read 'gamma'" in problem
+    assert "space.objective.gamma: is only read by kind: sar (here kind: tf" in problem and "identical" in problem
 
 
 def test_pipeline_references_must_name_earlier_steps(tmp_path):
@@ -150,3 +150,98 @@ def test_schema_is_json_schema_of_every_kind():
     schema = json.loads(out.stdout)
     kinds = {d["properties"]["kind"].get("const") for d in schema["$defs"].values() if "kind" in d.get("properties", {})}
     assert kinds >= {"tokenizer", "train", "eval", "sweep", "pipeline"}
+
+
+# -- every written setting does something ------------------------------------------------------
+
+UNREAD = {  # written field -> (spec lines added to TRAIN, where it is reported, why)
+    "rollout under argmax": ("objective: {kind: sar, rollout: {top_k: 50, cfg: 7}}",
+                             "7:34: objective.rollout.top_k: is not read with sampling: argmax (use sampling: stochastic or cfg"),
+    "guidance without cfg sampling": ("objective: {kind: sar, sampling: stochastic, rollout: {cfg: 7}}",
+                                      "objective.rollout.cfg: is only read with sampling: cfg"),
+    "SAR fields under tf": ("objective: {kind: tf, gamma: 0.5, csfl_target: teacher_hard}",
+                            "7:23: objective.gamma: is only read by kind: sar (here kind: tf"),
+    "hybrid_scale under sar": ("objective: {kind: sar, hybrid_scale: 3}", "objective.hybrid_scale: is only read by kind: sf_hybrid"),
+    "momentum without dynamic weighting": ("objective: {dynamic_momentum: 0.9}", "objective.dynamic_momentum: is only read with weighting: dynamic"),
+    "inception weights with the classifier": ("eval: {metrics: {inception_weights: w.pth}}",
+                                              "eval.metrics.inception_weights: is only read with feature_network: inception"),
+    "num_reference with an npz": ("eval: {metrics: {reference: ref.npz, num_reference: 10}}", "eval.metrics.num_reference: is not read with a reference .npz"),
+    "cfg_ramp without guidance": ("eval: {sampling: {cfg: 0, cfg_ramp: constant}}", "eval.sampling.cfg_ramp: is only read when cfg > 0"),
+    "evaluation settings of a job that never evaluates": ("eval: {at_end: false, metrics: {num_samples: 50}}",
+                                                          "eval.metrics.num_samples: is not read: this job never evaluates"),
+    "a fixed schedule's draw settings": ("", "schedule.max_tokens: is only read with schedule.random: true"),
+    "min_lr_ratio of a constant lr": ("", "optim.min_lr_ratio: is only read with lr_schedule: linear or cosine"),
+    "the embedded server's port with a tracking URI": ("mlflow: {tracking_uri: 'http://127.0.0.1:9', port: 5056}",
+                                                      "mlflow.port: is not read with mlflow.tracking_uri set"),
+    "an S3 endpoint for local storage": ("storage: {s3_endpoint: 'http://127.0.0.1:9000'}", "storage.s3_endpoint: is only read with an s3://"),
+    "a probe nothing reads": ("eval: {at_end: false}\nprobe: {images: 16}", "probe.images: is only read with log.diagnostics_every > 0"),
+    "a probe rollout under argmax": ("log: {diagnostics_every: 5}\nprobe: {rollout: {top_k: 3}}", "probe.rollout.top_k: is not read with sampling: argmax"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNREAD), ids=lambda c: c.replace(" ", "-"))
+def test_an_explicitly_written_field_the_job_never_reads_is_refused_where_it_is_written(tmp_path, case):
+    extra, expected = UNREAD[case]
+    text = TRAIN + extra + "\n"
+    if case == "a fixed schedule's draw settings":
+        text = text.replace("schedule: {scales: [1, 2, 3, 5, 7]}", "schedule: {scales: [1, 2, 3, 5, 7], max_tokens: 80}")
+    if case == "min_lr_ratio of a constant lr":
+        text = text.replace("optim: {steps: 10, batch_size: 8}", "optim: {steps: 10, batch_size: 8, min_lr_ratio: 0.1}")
+    problems = errors(tmp_path, text)
+    assert any(expected in p for p in problems), problems
+    assert all(p.startswith(str(tmp_path / "spec.yaml") + ":") for p in problems)
+
+
+def test_values_a_preset_or_a_default_fills_in_never_trip_the_check(tmp_path):
+    # the paper preset brings rollout.cfg / cfg_ramp, which stochastic sampling does not read
+    job = load_job(write(tmp_path, TRAIN + "objective: {preset: paper, sampling: stochastic}\n"))
+    assert job.objective.preset == "paper" and job.objective.rollout.cfg == 2.5
+    assert ("objective", "rollout", "cfg") in job.unread_fields()  # unread, but not written: accepted
+    load_job(write(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {cfg: 2, cfg_ramp: constant}}\n"))
+
+
+def test_settings_that_cannot_work_together_are_refused_at_load(tmp_path):
+    (problem,) = errors(tmp_path, TRAIN + "eval: {metrics: {fid_at_scales: [4]}}\n")
+    assert ":7:" in problem and "eval.metrics.fid_at_scales: [4] are not scales of the evaluated schedule [1, 2, 3, 5, 7]" in problem
+    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 9}\n")
+    assert "objective.hybrid_scale: 9 leaves no student-forced scale" in problem
+    (problem,) = errors(tmp_path, TRAIN + "resources: {num_workers: 3}\n")
+    assert "optim.batch_size: 8 does not split evenly over resources.num_workers = 3" in problem
+    eval_job = "kind: eval\nname: e\ngenerator: g.safetensors\ntokenizer: t.safetensors\nschedule: [1, 2, 7]\n"
+    (problem,) = errors(tmp_path, eval_job + "eval: {metrics: {fid_at_scales: [3]}}\n")
+    assert "eval.metrics.fid_at_scales: [3] are not scales of the evaluated schedule [1, 2, 7]" in problem
+    (problem,) = errors(tmp_path, eval_job + "data: {limit: 100}\n")
+    assert "data.limit: is not read by eval jobs" in problem
+
+
+def test_a_sweep_accepts_a_field_some_trial_reads_and_refuses_one_no_trial_reads(tmp_path):
+    # gamma is read by the sar trials of a sweep over the kind
+    base = SWEEP.replace("objective: {kind: sar}", "objective: {kind: tf, gamma: 0.3}")
+    kinds = base.replace("""  objective.gamma: {grid: [0.0, 0.5]}
+  objective.sampling: {choice: [argmax, stochastic]}
+""", "  objective.kind: {grid: [tf, sar]}\n")
+    assert load_job(write(tmp_path, kinds)).train.objective.gamma == 0.3
+    (problem,) = errors(tmp_path, kinds.replace("gamma: 0.3", "hybrid_scale: 3"))
+    assert "train.objective.hybrid_scale: is only read by kind: sf_hybrid" in problem
+    (problem,) = errors(tmp_path, kinds.replace("[tf, sar]", "[tf, sf_hybrid]").replace("gamma: 0.3", "hybrid_scale: 9"))
+    assert "space.objective.kind: value 'sf_hybrid': objective.hybrid_scale 9 leaves no student-forced scale" in problem
+
+
+def test_a_pipeline_shares_one_probe_and_refuses_one_per_step(tmp_path):
+    text = """\
+    kind: pipeline
+    name: p
+    probe: {images: 32, seed: 3}
+    steps:
+      a:
+        kind: train
+        tokenizer: t.safetensors
+        model: {depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}
+        schedule: {scales: [1, 2, 3, 5, 7]}
+        optim: {steps: 10}
+        log: {diagnostics_every: 5}
+    """
+    job = load_job(write(tmp_path, text))
+    assert job.steps["a"].probe.images == 32 and job.steps["a"].probe.seed == 3
+    (problem,) = errors(tmp_path, text + "    probe: {images: 8}\n")
+    assert "steps.a.probe: set probe on the pipeline, not on a step" in problem

@@ -12,12 +12,18 @@ from pydantic import TypeAdapter
 from sar_platform.spec.jobs import (DataSpec, EvalJob, EvalSpec, Job, PipelineJob, SweepJob, TokenizerJob,
                                     TrainJob)
 from sar_platform.spec.loader import SpecError, load_yaml, validate
+from sar_platform.spec.reads import check_reads
 
 
 def load_job(path: str | Path):
-    """Read and validate a job spec; raises SpecError with `file:line:col: field: problem` lines."""
+    """Read and validate a job spec; raises SpecError with `file:line:col: field: problem` lines
+    (including written fields the job never reads and settings that cannot work together)."""
     data, positions = load_yaml(path)
-    return validate(data, Job, positions, str(path))
+    job = validate(data, Job, positions, str(path))
+    problems = check_reads(job, data, positions, str(path))
+    if problems:
+        raise SpecError(problems)
+    return job
 
 
 def job_schema() -> dict:

@@ -23,6 +23,16 @@ class StrictModel(BaseModel):
 
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)]
 
+FieldPath = tuple
+"""A field's place in a job spec, key by key: ("objective", "rollout", "top_k")."""
+Unread = dict
+"""FieldPath -> why the job never reads that field (and what would make it count)."""
+
+
+def prefixed(prefix: FieldPath, fields: dict) -> dict:
+    """`fields` (FieldPath or dotted keys) placed under `prefix`."""
+    return {(*prefix, *(k if isinstance(k, tuple) else tuple(k.split(".")))): v for k, v in fields.items()}
+
 
 def absolute_if_local(value: str) -> str:
     """Relative local paths are resolved once, at load time, against the directory `sar` runs in
@@ -97,6 +107,20 @@ class JobCommon(StrictModel):
                 raise ValueError(f"step {self.name}: {field}: {ref} produced no {key} (it produced {sorted(produced)})")
             update[field] = produced[key]
         return self.model_copy(update=update)
+
+    def unread_fields(self) -> Unread:
+        """Fields this job never reads (recursively, for the jobs inside it) -> why. Written
+        explicitly in a spec, such a field is refused at load (spec/reads.py)."""
+        out: Unread = {}
+        if self.mlflow.tracking_uri is not None:
+            out[("mlflow", "port")] = "is not read with mlflow.tracking_uri set (no embedded server is started)"
+        if "://" not in self.storage.path:
+            out[("storage", "s3_endpoint")] = "is only read with an s3:// storage.path"
+        return out
+
+    def conflicts(self) -> list[tuple[FieldPath, str]]:
+        """Settings that cannot work together (checked at load, without running): (field, problem)."""
+        return []
 
     def run_names(self, prefix: str = "") -> list[str]:
         """Every run directory the job creates under the workspace's runs/ (known before it starts)."""

@@ -17,9 +17,9 @@ from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
-from sar_platform.spec.common import STEP_REF, JobCommon, Name, PathOrURI, StrictModel
-from sar_platform.spec.overrides import check_sweep
-from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ScheduleSpec
+from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, StrictModel, Unread, prefixed
+from sar_platform.spec.overrides import check_sweep, trial_job
+from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, ScheduleSpec
 
 Precision = Literal["auto", "fp32", "bf16"]
 """auto: bf16 autocast on GPU workers, fp32 on CPU."""
@@ -48,6 +48,17 @@ class DataSpec(StrictModel):
             raise ValueError("data.download only applies to fashion_mnist")
         return self
 
+    def unread_fields(self, job_kind: str) -> Unread:
+        """What a job of `job_kind` never reads here: tokenizer jobs train on the images themselves
+        (in memory, unflipped); eval jobs read only the real reference images."""
+        if job_kind == "tokenizer":
+            why = "is not read by tokenizer jobs (they train on the images in memory, unflipped)"
+            return {("flip",): why, ("loader",): why}
+        if job_kind == "eval":
+            why = "is not read by eval jobs (their data is the real reference set, whole)"
+            return {("limit",): why, ("flip",): why, ("loader",): why}
+        return {}
+
     def image_dataset(self, image_size: int | None = None) -> ImageDataset:
         """The sar_core data set. `image_size`: the tokenizer's input size, which an image folder
         crops to (None: its default, enough to look at the files)."""
@@ -68,6 +79,18 @@ class ScoringSpec(StrictModel):
     figures: bool = True
     """Log the sample grid, the trajectory (Fig. 7) and, in training, the student-forcing rows (Fig. 8)."""
 
+    def unread_fields(self) -> Unread:
+        return {**prefixed(("sampling",), self.sampling.unread_fields()),
+                **prefixed(("metrics",), self.metrics.unread_fields())}
+
+    def conflicts(self, scales: tuple[int, ...]) -> list[tuple[FieldPath, str]]:
+        """Against the schedule the evaluation generates with."""
+        bad = [s for s in self.metrics.fid_at_scales if s not in scales]
+        if bad:
+            return [(("metrics", "fid_at_scales"), f"{bad} are not scales of the evaluated schedule {list(scales)}; "
+                                                   f"pick from {list(scales)}")]
+        return []
+
 
 class EvalSpec(ScoringSpec):
     """Scoring during training."""
@@ -75,6 +98,16 @@ class EvalSpec(ScoringSpec):
     every_steps: int = Field(0, ge=0)
     """Also evaluate every N training steps (0: only at the end)."""
     at_end: bool = True
+
+    @property
+    def evaluates(self) -> bool:
+        return self.at_end or self.every_steps > 0
+
+    def unread_fields(self) -> Unread:
+        if not self.evaluates:
+            why = "is not read: this job never evaluates (eval.at_end is false and eval.every_steps is 0)"
+            return {("sampling",): why, ("metrics",): why, ("figures",): why}
+        return super().unread_fields()
 
 
 class TokenizerJob(JobCommon):
@@ -87,6 +120,11 @@ class TokenizerJob(JobCommon):
     eval_images: int = Field(512, ge=1)
     """Held-out test images for the final reconstruction error and codebook usage."""
     precision: Precision = "auto"
+
+    def unread_fields(self) -> Unread:
+        return {**super().unread_fields(), **prefixed(("data",), self.data.unread_fields(self.kind)),
+                **prefixed(("optim",), self.optim.unread_fields()),
+                ("log", "diagnostics_every"): "is not read by tokenizer jobs (there is no train-test gap to measure)"}
 
 
 class TrainJob(JobCommon):
@@ -105,7 +143,40 @@ class TrainJob(JobCommon):
     checkpoint: CheckpointSpec = CheckpointSpec()
     log: LogSpec = LogSpec()
     eval: EvalSpec = EvalSpec()
+    probe: ProbeSpec = ProbeSpec()
+    """The held-out batch and token sampler of the diagnostics and the student-forcing figure
+    (set on the pipeline or sweep when the job is one of theirs)."""
     precision: Precision = "auto"
+
+    @property
+    def reads_probe(self) -> bool:
+        return self.log.diagnostics_every > 0 or (self.eval.evaluates and self.eval.figures)
+
+    def unread_fields(self) -> Unread:
+        out = {**super().unread_fields(), **prefixed(("objective",), self.objective.unread_fields()),
+               **prefixed(("optim",), self.optim.unread_fields()), **prefixed(("schedule",), self.schedule.unread_fields()),
+               **prefixed(("eval",), self.eval.unread_fields()), **prefixed(("data",), self.data.unread_fields(self.kind))}
+        if not self.reads_probe:
+            out[("probe",)] = "is only read with log.diagnostics_every > 0 or evaluation figures"
+        else:
+            out.update(prefixed(("probe",), self.probe.unread_fields()))
+        return out
+
+    def conflicts(self) -> list[tuple[FieldPath, str]]:
+        scales = self.schedule.scales
+        out = []
+        if self.eval.evaluates:
+            out += prefixed(("eval",), dict(self.eval.conflicts(scales))).items()
+        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > scales[-1]:
+            out.append((("objective", "hybrid_scale"), f"{self.objective.hybrid_scale} leaves no student-forced scale in "
+                                                       f"schedule.scales {list(scales)}; use a size <= {scales[-1]}"))
+        if len(scales) < 2:
+            out.append((("schedule", "scales"), "training needs at least two scales (the first is predicted from the class "
+                                                "token alone)"))
+        if self.optim.batch_size % self.resources.num_workers:
+            out.append((("optim", "batch_size"), f"{self.optim.batch_size} does not split evenly over "
+                                                 f"resources.num_workers = {self.resources.num_workers}"))
+        return out
 
     @model_validator(mode="after")
     def _model_xor_init(self):
@@ -133,6 +204,13 @@ class EvalJob(JobCommon):
     def _valid_schedule(cls, v):
         ScaleSchedule(v)
         return v
+
+    def unread_fields(self) -> Unread:
+        return {**super().unread_fields(), **prefixed(("eval",), self.eval.unread_fields()),
+                **prefixed(("data",), self.data.unread_fields(self.kind))}
+
+    def conflicts(self) -> list[tuple[FieldPath, str]]:
+        return list(prefixed(("eval",), dict(self.eval.conflicts(self.schedule))).items())
 
 
 class Domain(StrictModel):
@@ -176,7 +254,9 @@ class AshaSpec(StrictModel):
     """Rungs are counted in training reports (one per log.every_steps)."""
 
 
-SWEEP_INHERITED = ("storage", "mlflow", "seed", "resources", "max_failures")
+SWEEP_INHERITED = ("storage", "mlflow", "seed", "resources", "max_failures", "probe")
+SHARED_BY_ALL = ("storage", "mlflow", "probe")
+"""Set on a sweep or pipeline only: every trial / step shares them (probe: comparable diagnostics)."""
 
 
 class SweepJob(JobCommon):
@@ -194,13 +274,15 @@ class SweepJob(JobCommon):
     """Run every configuration once per seed (a grid over `seed`)."""
     scheduler: AshaSpec | None = None
     max_concurrent_trials: int = Field(1, ge=1)
+    probe: ProbeSpec = ProbeSpec()
+    """The diagnostics probe every trial shares."""
 
     @model_validator(mode="before")
     @classmethod
     def _train_base(cls, data):
         if isinstance(data, dict) and isinstance(data.get("train"), dict):
             train = dict(data["train"])
-            for key in ("kind", "storage", "mlflow"):
+            for key in ("kind", *SHARED_BY_ALL):
                 if key in train and not (key == "kind" and train[key] == "train"):
                     raise ValueError(f"train.{key}: set {key} on the sweep, not on its train spec")
             inherited = {k: data[k] for k in SWEEP_INHERITED if k in data and k not in train}
@@ -211,6 +293,31 @@ class SweepJob(JobCommon):
     def _check_space(self):
         check_sweep(self)
         return self
+
+    def candidate_trials(self):
+        """(searched path, value, trial job) for every candidate value of every searched path."""
+        for path, domain in self.space.items():
+            for value in domain.candidates():
+                yield path, value, trial_job(self, {path: value})
+
+    def unread_fields(self) -> Unread:
+        """The train spec's fields that no trial reads, and its own."""
+        unread = self.train.unread_fields()
+        for _, _, trial in self.candidate_trials():
+            read_here = unread.keys() - trial.unread_fields().keys()
+            unread = {k: v for k, v in unread.items() if k not in read_here}
+        out = {**super().unread_fields(), **prefixed(("train",), unread)}
+        if not self.train.reads_probe:
+            out[("probe",)] = "is only read when the trials log diagnostics or evaluation figures"
+        return out
+
+    def conflicts(self) -> list[tuple[FieldPath, str]]:
+        base = self.train.conflicts()
+        out = [(("train", *f), msg) for f, msg in base]
+        for path, value, trial in self.candidate_trials():
+            out += [(("space", path), f"value {value!r}: {'.'.join(f)} {msg}") for f, msg in trial.conflicts()
+                    if (f, msg) not in base]
+        return out
 
     def step_references(self) -> list[tuple[str, str]]:
         return [(f"train.{field}", ref) for field, ref in self.train.step_references()]
@@ -224,6 +331,7 @@ class SweepJob(JobCommon):
 
 Step = Annotated[Union[TokenizerJob, TrainJob, EvalJob, SweepJob], Field(discriminator="kind")]
 INHERITED = ("storage", "mlflow", "seed", "resources")
+PROBE_READERS = ("train", "sweep")
 
 
 class PipelineJob(JobCommon):
@@ -232,22 +340,38 @@ class PipelineJob(JobCommon):
     """Named steps, run in order; `step:<name>` in a later step uses that step's output."""
     compare: list[Name] = []
     """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end."""
+    probe: ProbeSpec = ProbeSpec()
+    """The diagnostics probe every train and sweep step shares."""
 
     @model_validator(mode="before")
     @classmethod
     def _inherit(cls, data):
-        """Steps share the pipeline's storage and MLflow, and take its seed/resources unless they set their own."""
+        """Steps share the pipeline's storage, MLflow and probe, and take its seed/resources unless
+        they set their own."""
         if not isinstance(data, dict) or not isinstance(data.get("steps"), dict):
             return data
         steps = {}
         for name, step in data["steps"].items():
             if isinstance(step, dict):
-                for key in ("storage", "mlflow"):
+                for key in SHARED_BY_ALL:
                     if key in step:
                         raise ValueError(f"steps.{name}.{key}: set {key} on the pipeline, not on a step")
-                step = {"name": name, **{k: data[k] for k in INHERITED if k in data and k not in step}, **step}
+                inherited = [*INHERITED, *(["probe"] if step.get("kind") in PROBE_READERS else [])]
+                step = {"name": name, **{k: data[k] for k in inherited if k in data and k not in step}, **step}
             steps[name] = step
         return {**data, "steps": steps}
+
+    def unread_fields(self) -> Unread:
+        out = super().unread_fields()
+        for name, step in self.steps.items():
+            out.update(prefixed(("steps", name), step.unread_fields()))
+        if not any(getattr(step, "reads_probe", False) or (step.kind == "sweep" and step.train.reads_probe)
+                   for step in self.steps.values()):
+            out[("probe",)] = "is only read by train or sweep steps that log diagnostics or evaluation figures"
+        return out
+
+    def conflicts(self) -> list[tuple[FieldPath, str]]:
+        return [(("steps", name, *f), msg) for name, step in self.steps.items() for f, msg in step.conflicts()]
 
     @model_validator(mode="after")
     def _references(self):

@@ -34,16 +34,14 @@ def trial_job(sweep, overrides: dict[str, Any], name: str | None = None):
     return type(sweep.train).model_validate(data)
 
 
-def check_objective_field_read(path: str, objective) -> None:
-    """A swept objective field the objective never reads would give identical trials."""
-    if not path.startswith("objective."):
-        return
-    field = path[len("objective."):]
-    active = objective.active_fields()
-    if not any(a == field or a.startswith(field + ".") for a in active):
-        raise ValueError(f"space.{path}: objective kind {objective.kind!r} with sampling {objective.sampling!r} does not read "
-                         f"{field!r} (it reads {', '.join(active)}); set train.objective so that {field} matters "
-                         "(e.g. kind: sar, or sampling: stochastic for rollout.top_p)")
+def check_field_read(path: str, trial) -> None:
+    """A searched field the trial never reads would give identical trials under different labels."""
+    parts = tuple(path.split("."))
+    unread = trial.unread_fields()
+    reason = next((unread[parts[:n]] for n in range(len(parts), 0, -1) if parts[:n] in unread), None)
+    if reason is not None:
+        raise ValueError(f"space.{path}: {reason}; the trials would be identical (set train so that {path} is read, "
+                         "e.g. objective.kind: sar for objective.gamma)")
 
 
 def check_sweep(sweep) -> None:
@@ -57,6 +55,6 @@ def check_sweep(sweep) -> None:
             except ValidationError as e:
                 first = e.errors(include_url=False)[0]
                 raise ValueError(f"space.{path}: value {value!r} is not valid: {first['msg']}") from None
-            check_objective_field_read(path, trial.objective)
+            check_field_read(path, trial)
     if sweep.seeds is not None and "seed" in sweep.space:
         raise ValueError("give seeds either as `seeds` or in `space.seed`, not both")

@@ -8,9 +8,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
-from sar_core.objectives import ObjectiveConfig, merge_preset
+from sar_core.objectives import ObjectiveConfig, SamplingStrategy, merge_preset, unread_rollout_fields
 from sar_core.schedule import ScaleSchedule, ScheduleDraw
-from sar_platform.spec.common import StrictModel
+from sar_core.token_sampling import SamplingConfig
+from sar_platform.spec.common import StrictModel, Unread
 
 
 class OptimSpec(StrictModel):
@@ -36,6 +37,11 @@ class OptimSpec(StrictModel):
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("set exactly one of optim.steps and optim.epochs")
         return self
+
+    def unread_fields(self) -> Unread:
+        if self.lr_schedule == "constant":
+            return {("min_lr_ratio",): "is only read with lr_schedule: linear or cosine (here constant)"}
+        return {}
 
     def total_steps(self, dataset_size: int) -> int:
         if self.steps is not None:
@@ -63,11 +69,15 @@ class ScheduleSpec(StrictModel):
 
     @model_validator(mode="after")
     def _random_settings(self):
-        if not self.random and ("default_prob" in self.model_fields_set or "max_tokens" in self.model_fields_set):
-            raise ValueError("schedule.default_prob / schedule.max_tokens only apply with schedule.random: true")
         if self.random:
             self.draw()  # validates max_tokens against the default schedule
         return self
+
+    def unread_fields(self) -> Unread:
+        if self.random:
+            return {}
+        why = "is only read with schedule.random: true (a fixed schedule draws nothing)"
+        return {("default_prob",): why, ("max_tokens",): why}
 
     @property
     def default(self) -> ScaleSchedule:
@@ -79,7 +89,7 @@ class ScheduleSpec(StrictModel):
 
 def expand_objective_preset(value: Any) -> Any:
     """`objective: {preset: released_code, gamma: 0.05}` -> the preset's fields with the user's on top."""
-    if isinstance(value, dict) and "preset" in value:
+    if isinstance(value, dict) and value.get("preset"):
         rest = {k: v for k, v in value.items() if k != "preset"}
         return merge_preset(value["preset"], rest)
     return value
@@ -93,6 +103,31 @@ class CheckpointSpec(StrictModel):
     """Checkpoint (model, optimizer, lr schedule, step, objective state) every N steps and at the end."""
     keep: int = Field(2, ge=1)
     """How many checkpoints Ray Train keeps (the newest)."""
+
+
+class ProbeSpec(StrictModel):
+    """The probe behind the train-test-gap diagnostics and the student-forcing figure: the same
+    held-out images and the same token sampler for every run of a comparison, whatever each run's
+    own objective, so that TF's and SAR's `diag/*` curves mean the same thing on one chart. Set it
+    once on a pipeline or sweep (its steps and trials share it)."""
+
+    images: int = Field(64, ge=2)
+    """Held-out images in the probe batch (seeded choice)."""
+    split: str = "test"
+    """The data set split they come from (held out from training)."""
+    seed: int = Field(0, ge=0)
+    """Seeds the choice of images and every token the probe draws."""
+    sampling: SamplingStrategy = "argmax"
+    """How the probe draws self-generated tokens (argmax: deterministic, comparable)."""
+    rollout: SamplingConfig = SamplingConfig()
+    """Sampling settings for sampling: stochastic or cfg."""
+
+    def unread_fields(self) -> Unread:
+        return {tuple(k.split(".")): why for k, why in unread_rollout_fields(self.sampling, self.rollout).items()}
+
+    def describe(self, dataset: str) -> str:
+        draw = self.sampling if self.sampling == "argmax" else f"{self.sampling} ({self.rollout.summary()})"
+        return f"{dataset}/{self.split}[n={self.images},seed={self.seed}], {draw} rollout"
 
 
 class LogSpec(StrictModel):

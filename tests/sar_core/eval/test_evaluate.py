@@ -50,7 +50,10 @@ def generator_model_m(tokenizer_m):
 
 def test_the_four_metrics_fid_at_scale_and_keys(first_run):
     m = first_run.metrics
-    assert set(m) == {"fid", "is", "precision", "recall", "fid_at/s03"}
+    headline = {"fid", "is", "precision", "recall", "fid_at/s03"}
+    assert set(m) == headline | {f"{k}_se" for k in headline}  # every number with its standard error
+    assert all(0 < m[f"{k}_se"] < abs(m[k]) for k in ("fid", "is", "fid_at/s03"))
+    assert all(0 <= m[f"{k}_se"] < 0.2 for k in ("precision", "recall"))
     assert all(MLFLOW_KEY.match(k) for k in m)
     assert m["fid"] > 0 and 1.0 <= m["is"] <= 10.0 and 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
     assert m["fid_at/s03"] != m["fid"]
@@ -174,7 +177,8 @@ def test_inception_network_end_to_end_with_a_reference_npz(generator_model_m, to
                       figures=FigureConfig(grid_classes=0, trajectory_seeds=2, trajectory_prefix=3),
                       cache_dir=tmp_path / "cache")
     assert res.feature_network.startswith("inception-v3-fid:") and res.reference == "npz:ref.npz[n=6]"
-    assert set(res.metrics) == {"fid", "is", "precision", "recall"} and np.isfinite(res.metrics["fid"])
+    headline = {"fid", "is", "precision", "recall"}
+    assert set(res.metrics) == headline | {f"{k}_se" for k in headline} and np.isfinite(res.metrics["fid"])
     assert set(res.figures) == {"trajectory"}  # grid_classes=0: no grid; the prefix came from the npz's labelled images
     remote = MetricConfig(feature_network="inception", inception_weights="http://127.0.0.1:9/pt_inception.pth")
     with pytest.raises(WeightsError, match="allow_download"):
