@@ -6,6 +6,10 @@ Runs in the `sar` process (or the driver of a `sar submit` Ray Job).
 from __future__ import annotations
 
 import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 from sar_platform import kinds
@@ -14,7 +18,7 @@ from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
 from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.services.storage import Workspace
-from sar_platform.services.tracking import Tracker
+from sar_platform.services.tracking import RUN_KEY_TAG, Tracker
 from sar_platform.spec.loader import SpecError
 
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
@@ -87,6 +91,38 @@ def tracking_server(job, workspace: Workspace) -> tuple[str, bool]:
     return ensure_server(workspace.mlflow_root(), job.mlflow.port).uri, True
 
 
+# --- issue 12 stand-in for issue 11's run-state handling (honest run states on Ctrl-C / SIGTERM) ---
+# The smallest path `sar jobs stop` needs: Ray's job stop sends SIGTERM to the job's driver; here it
+# interrupts the job like Ctrl-C and every run of the job still RUNNING (the job's, its steps', its
+# trials') ends KILLED. Issue 11's `ending_runs` / `sigterm_interrupts` replace this block.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+@contextmanager
+def killed_on_sigterm(tracker: Tracker, run_key_prefix: str):
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main else None  # after ray.init, which sets its own
+    try:
+        yield
+    except KeyboardInterrupt:
+        escaped = run_key_prefix.replace("'", "\\'")
+        running = tracker.client.search_runs(
+            [tracker.experiment_id], f"tags.`{RUN_KEY_TAG}` LIKE '{escaped}%' AND attributes.status = 'RUNNING'")
+        for run in running:
+            tracker.client.set_terminated(run.info.run_id, "KILLED")
+        print(f"[sar] interrupted: {len(running)} MLflow run(s) marked KILLED", file=sys.stderr, flush=True)
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
+# --- end of the issue 12 stand-in ---
+
+
 def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
             num_cpus: int | None = None) -> dict[str, Any]:
     import ray
@@ -103,9 +139,10 @@ def run_job(job, spec_text: str = "", address: str | None = None, resume: bool =
     if started_ray:
         connect_ray(address, num_cpus, env)
     try:
-        check_cluster(job, workspace, tracking_uri, embedded_mlflow)
-        session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
-        outputs = session.run(job, parent=None, run_name=job.name)
+        with killed_on_sigterm(tracker, f"{workspace.root}/{job.name}"):
+            check_cluster(job, workspace, tracking_uri, embedded_mlflow)
+            session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
+            outputs = session.run(job, parent=None, run_name=job.name)
     finally:
         if started_ray:
             ray.shutdown()

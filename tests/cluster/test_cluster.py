@@ -192,3 +192,49 @@ def test_a_spec_reading_a_local_file_is_refused_before_submission(cluster, specs
     assert out.returncode == 2, out.stdout + out.stderr
     assert f"tokenizer: {tokenizer_path} is a path on this machine" in out.stderr and "--shared-path" in out.stderr
     assert cluster.sar("jobs", "list", "--address", cluster.address).stdout == before  # nothing was submitted
+
+
+def test_jobs_stop_ends_the_runs_killed_and_a_resumed_sweep_skips_its_finished_trial(cluster, specs):
+    path = specs / "stopped-sweep.yaml"
+    path.write_text(f"""
+kind: sweep
+name: stopped-sweep
+storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}
+mlflow: {{experiment: stopped-sweep}}
+resources: {{num_workers: 1, cpus_per_worker: 1}}
+train:
+  tokenizer: {TOKENIZER}
+  model: {GENERATOR_MODEL}
+  schedule: {{scales: [1, 2, 3, 5, 7]}}
+  data: {{limit: 256}}
+  optim: {{lr: 0.001, batch_size: 16, steps: 40}}
+  checkpoint: {{every_steps: 10}}
+  log: {{every_steps: 5}}
+  eval: {{at_end: false}}
+space:
+  optim.lr: {{grid: [0.001, 0.002]}}
+metric: loss/total
+max_concurrent_trials: 1
+""")
+    spec = str(path.relative_to(REPO))
+    job_id = submitted_id(cluster.sar("submit", spec, "--address", cluster.address, "--no-wait"))
+    deadline = time.monotonic() + 400
+    while not (done := [k for k in cluster.keys("ws/runs/stopped-sweep.") if k.endswith("/outputs.json")]):
+        assert time.monotonic() < deadline, cluster.sar("jobs", "logs", job_id, "--address", cluster.address).stdout
+        time.sleep(0.5)
+    finished_trial = done[0].split("/")[2]  # stopped-sweep.<trial id>
+
+    stop = cluster.sar("jobs", "stop", job_id, "--address", cluster.address)
+    assert stop.returncode == 0 and f"{job_id}: STOPPED" in stop.stdout, stop.stdout + stop.stderr
+    by_name = {r.info.run_name: r for r in runs(cluster, "stopped-sweep")}
+    assert by_name["stopped-sweep"].info.status == "KILLED"
+    assert by_name[finished_trial].info.status == "FINISHED"
+    assert all(r.info.status != "RUNNING" for r in by_name.values())
+
+    resumed = cluster.sar("submit", spec, "--address", cluster.address, "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-5000:]
+    assert f"{finished_trial}: training" not in resumed.stdout  # the finished trial did not run again
+    by_name = {r.info.run_name: r for r in runs(cluster, "stopped-sweep")}
+    assert len(by_name) == 3 and all(r.info.status == "FINISHED" for r in by_name.values())
+    history = MlflowClient(cluster.tracking_uri).get_metric_history(by_name[finished_trial].info.run_id, "loss/total")
+    assert sorted(m.step for m in history) == [5, 10, 15, 20, 25, 30, 35, 40]  # logged once, never repeated
