@@ -44,7 +44,10 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
     if os.environ.get("SAR_RAY_JOB"):
         # Inside `sar submit`'s Ray Job, whose runtime env already ships the repository: add the
         # variables only (Ray merges them key by key; the job sets RAY_OVERRIDE_JOB_RUNTIME_ENV).
-        runtime_env = {"env_vars": runtime_env["env_vars"]}
+        # The job's cluster address goes along too: a worker or actor that looks its cluster up
+        # ("auto") would otherwise fail on a machine that hosts several Ray clusters.
+        runtime_env = {"env_vars": {**runtime_env["env_vars"],
+                                    **({"RAY_ADDRESS": os.environ["RAY_ADDRESS"]} if "RAY_ADDRESS" in os.environ else {})}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
     else:
