@@ -71,10 +71,11 @@ class Storage(StrictModel):
 
 class MLflowSpec(StrictModel):
     tracking_uri: str | None = None
-    """None: the embedded local server (127.0.0.1, SQLite + local artifacts under the workspace)."""
+    """None: $MLFLOW_TRACKING_URI when set (the cluster configs set it on the head to the cluster's
+    server), else the embedded local server (127.0.0.1, SQLite + local artifacts under the workspace)."""
     experiment: Name = "sar-platform"
     port: int = Field(5055, ge=0, le=65535)
-    """Port of the embedded server (0: any free port). Ignored when tracking_uri is set."""
+    """Port of the embedded server (0: any free port). Ignored when a tracking URI is set."""
 
 
 class JobCommon(StrictModel):
