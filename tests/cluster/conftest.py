@@ -101,7 +101,8 @@ class LoopbackCluster:
         self.ray("start", f"--address=127.0.0.1:{self.gcs_port}", "--node-ip-address=127.0.0.1",
                  f"--dashboard-agent-listen-port={agent}", f"--metrics-export-port={metrics}",
                  f"--runtime-env-agent-port={runtime_env}", "--num-cpus=1", '--resources={"node_worker": 1}',
-                 "--disable-usage-stats", node="worker")
+                 # Its own session folder, as another machine has: runtime environments, logs.
+                 f"--temp-dir={self.root / 'rayw'}", "--disable-usage-stats", node="worker")
 
     def kill_node(self, node: str) -> int:
         """SIGKILL every process of one node (its raylet, agents and workers): a machine lost."""
@@ -143,6 +144,8 @@ def cluster_env(root: Path, tracking_uri: str) -> dict:
         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
         # `sar jobs stop` -> SIGTERM; the driver gets this long to close its MLflow runs before SIGKILL.
         "RAY_JOB_STOP_WAIT_TIME_S": "30",
+        # A killed node is declared dead after 5 missed 1-s health checks (Ray's default: 5 x 3 s).
+        "RAY_health_check_period_ms": "1000",
         "MLFLOW_TRACKING_URI": tracking_uri,
         "PYTHONUNBUFFERED": "1",
         "SAR_CACHE": str(root / "cache"),  # local copies of s3:// files, per test cluster
@@ -154,6 +157,9 @@ def cluster_env(root: Path, tracking_uri: str) -> dict:
 def s3_server():
     from moto.server import ThreadedMotoServer
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     (port,) = free_ports(1)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -31,13 +31,21 @@ from sar_platform.spec.common import STEP_REF, absolute_if_local
 SHARED_PATHS_ENV = "SAR_SHARED_PATHS"
 
 
+def _resolves_paths(metadata) -> bool:
+    return any(getattr(m, "func", None) is absolute_if_local for m in metadata)
+
+
 def _is_path_type(tp) -> bool:
-    """Whether a field's declared type is (an Optional of) PathOrURI."""
+    """Whether a declared type is PathOrURI, or an Optional of it."""
     origin = typing.get_origin(tp)
     if origin is typing.Annotated:
-        return any(getattr(m, "func", None) is absolute_if_local for m in typing.get_args(tp)[1:])
-    return origin in (typing.Union, types.UnionType) and any(
-        _is_path_type(a) for a in typing.get_args(tp))
+        return _resolves_paths(typing.get_args(tp)[1:])
+    return origin in (typing.Union, types.UnionType) and any(_is_path_type(a) for a in typing.get_args(tp))
+
+
+def _is_path_field(field) -> bool:
+    """pydantic keeps a PathOrURI field's validator in its metadata, an Optional one's in its type."""
+    return _resolves_paths(field.metadata) or _is_path_type(field.annotation)
 
 
 def _metric_files(metrics: MetricConfig, prefix: str) -> list[tuple[str, str]]:
@@ -58,8 +66,7 @@ def file_fields(value, prefix: str = "") -> list[tuple[str, str]]:
         found = []
         for name, field in type(value).model_fields.items():
             child = getattr(value, name)
-            if isinstance(child, str) and (_is_path_type(field.annotation) or any(
-                    getattr(m, "func", None) is absolute_if_local for m in field.metadata)):
+            if isinstance(child, str) and _is_path_field(field):
                 found.append((f"{prefix}{name}", child))
             else:
                 found += file_fields(child, f"{prefix}{name}.")
