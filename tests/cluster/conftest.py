@@ -178,11 +178,14 @@ def cluster(s3_server):
     recipe = [str(REPO / "cluster" / "mlflow-server.sh")]
     c = LoopbackCluster(root, env, s3_server, f"http://127.0.0.1:{mlflow_port}")
     c.s3().create_bucket(Bucket=BUCKET)
+    # The MLflow server starts while the Ray nodes do (each takes 10-30 s on 2 busy cores).
+    mlflow = subprocess.Popen(["bash", *recipe, "start"], env=mlflow_env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
     try:
-        out = subprocess.run(["bash", *recipe, "start"], env=mlflow_env, capture_output=True, text=True, timeout=180)
-        assert out.returncode == 0, out.stdout + out.stderr
         c.start_head()
         c.start_worker()
+        out, _ = mlflow.communicate(timeout=180)
+        assert mlflow.returncode == 0, out
         yield c
     finally:
         c.stop()
