@@ -1,9 +1,11 @@
 """Benchmark of the metrics at full scale, as JSON: time and peak memory of features -> FID, IS,
-precision/recall on random features, and the Fashion-MNIST feature extraction throughput.
+precision/recall on random features, their bootstrap standard errors, and the Fashion-MNIST
+feature extraction throughput.
 
     python bench/bench_metrics.py                         # 50,000 x 2048 vs 50,000 x 2048, CPU
     python bench/bench_metrics.py --reference 10000       # the ADM protocol: 10k reference for P/R
     python bench/bench_metrics.py --device cuda --block-size 10000
+    python bench/bench_metrics.py --stages bootstrap --resamples 20   # what the standard errors cost
 
 Each stage runs in a fresh process; its peak resident memory (VmHWM, reset just before the stage) is
 its own;
@@ -93,6 +95,34 @@ def stage_pr(args) -> dict:
             "block_size": args.block_size}
 
 
+def stage_bootstrap(args) -> dict:
+    """The standard errors of one evaluation: `--resamples` resamples of every metric (P/R with
+    fixed radii: the coverage pass that precision / recall need anyway, then cheap resamples)."""
+    from sar_core.eval.metrics import GaussianStats, coverage, manifold_radii
+    from sar_core.eval.uncertainty import (fid_bootstrap, inception_score_bootstrap, precision_recall_bootstrap,
+                                           resample_counts)
+
+    fake, real = random_features(args.samples, args.dim, 0, 0.05), random_features(args.reference, args.dim, 1)
+    logits = np.random.default_rng(2).standard_normal((args.samples, 1008), dtype=np.float32) * 3
+    reference = GaussianStats.from_features(real)
+    counts = resample_counts(args.samples, args.resamples, 0)
+    before, out = rss_mb(), {"resamples": args.resamples}
+    t0 = time.perf_counter()
+    fid_bootstrap(fake, reference, counts)
+    out["fid_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    inception_score_bootstrap(logits, counts, 10)
+    out["is_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    cover = coverage(real, manifold_radii(real, 3, args.block_size, args.device), fake,
+                     manifold_radii(fake, 3, args.block_size, args.device), args.block_size, args.device)
+    out["pr_coverage_seconds"] = round(time.perf_counter() - t0, 2)
+    t0 = time.perf_counter()
+    precision_recall_bootstrap(cover, counts)
+    out["pr_resample_seconds"] = round(time.perf_counter() - t0, 2)
+    return {**out, "working_mb": round(peak_mb() - before)}
+
+
 def stage_fmnist(args) -> dict:
     from sar_core.data.fashion_mnist import FashionMNISTConfig
     from sar_core.eval.features import extract_features
@@ -108,7 +138,8 @@ def stage_fmnist(args) -> dict:
             "network": net.fingerprint}
 
 
-STAGES = {"fid": stage_fid, "is": stage_is, "precision_recall": stage_pr, "fmnist_features": stage_fmnist}
+STAGES = {"fid": stage_fid, "is": stage_is, "precision_recall": stage_pr, "bootstrap": stage_bootstrap,
+          "fmnist_features": stage_fmnist}
 
 
 def run_stage(name: str, args, queue) -> None:
@@ -125,6 +156,7 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=5000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--resamples", type=int, default=20, help="bootstrap resamples (metrics.bootstrap)")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     args = parser.parse_args()
     ctx = mp.get_context("spawn")

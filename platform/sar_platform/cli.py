@@ -185,7 +185,11 @@ def cmd_ui(args) -> int:
         print("stopped" if stop_server(r.root) else "no server was running")
         return 0
     info = ensure_server(r.root, r.port)
-    print(f"MLflow UI: {info.uri}  (runs tables: {info.uri}/#/experiments)")
+    from mlflow.tracking import MlflowClient
+
+    print(f"MLflow UI: {info.uri}")
+    for experiment in MlflowClient(info.uri).search_experiments():  # the runs tables (MLflow 3 opens a GenAI page)
+        print(f"  {experiment.name}: {info.uri}/#/experiments/{experiment.experiment_id}/runs")
     return 0
 
 

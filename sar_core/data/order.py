@@ -3,11 +3,13 @@
 Every epoch is a permutation drawn from (seed, epoch); rank r takes positions r, r + W, ... of the
 global batch. Starting at any global step reproduces exactly the batches an uninterrupted run would
 have seen from there, which is what makes a resumed run continue instead of repeating data.
+`choose_rows` picks a seeded subset of a split (reference images, the diagnostics probe).
 """
 from __future__ import annotations
 
 from typing import Iterator
 
+import numpy as np
 import torch
 
 
@@ -25,3 +27,10 @@ def batch_indices(num_rows: int, global_batch: int, rank: int, world: int, seed:
             chunk = order[b * global_batch : (b + 1) * global_batch]
             yield chunk[rank::world]
             step += 1
+
+
+def choose_rows(total: int, count: int, seed: int) -> np.ndarray:
+    """`count` distinct row indices of `total`, seeded, in ascending order (all rows if count >= total)."""
+    if count >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))

@@ -174,11 +174,14 @@ def evaluate(
     device: str | torch.device | None = None,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    title: str = "",
 ) -> EvalResult:
     """Score a generator (module or checkpoint path) with a tokenizer (module or path).
 
-    Returns the four metrics (+ FID@scale), figure paths and, with metrics.save_npz, the path of
-    the ADM-format samples file. See the module docstring for the data-parallel behaviour."""
+    Returns the four metrics (+ FID@scale) with their standard errors, figure paths and, with
+    metrics.save_npz, the path of the ADM-format samples file. Figures are titled with `title`
+    (e.g. run, objective, step) and the sampler. See the module docstring for the data-parallel
+    behaviour."""
     t0 = time.perf_counter()
     rank, world = rank_and_world()
     device = torch.device(device) if device is not None else None
@@ -203,7 +206,8 @@ def evaluate(
         result.metrics = _metrics(gathered, real, metrics, device)
         result.reference, result.num_samples = real.description, len(gathered["index"])
         if figures is not None:
-            result.figures = render_figures(generator, tokenizer, sampling, schedule, figures, metrics, data, out_dir, device)
+            result.figures = render_figures(generator, tokenizer, sampling, schedule, figures, metrics, data, out_dir, device,
+                                            title)
     barrier()
     if rank == 0 and world > 1 and metrics.save_npz:
         parts = [out_dir / f"samples.rank{r:03d}.npz" for r in range(world)]
@@ -245,8 +249,9 @@ def real_examples(data: ImageDataset, metrics: MetricConfig, count: int, image_s
 
 @torch.no_grad()
 def render_figures(generator, tokenizer, sampling: SamplingConfig, schedule: ScaleSchedule, cfg: FigureConfig,
-                   metrics: MetricConfig, data: ImageDataset, out_dir: Path, device) -> dict[str, Path]:
+                   metrics: MetricConfig, data: ImageDataset, out_dir: Path, device, title: str = "") -> dict[str, Path]:
     out = {}
+    heading = (f"{title}\n" if title else "") + f"schedule {schedule}, {sampling.summary()}"
     num_classes = generator.config.num_classes
     names = data.class_names
     if cfg.grid_classes:
@@ -255,7 +260,7 @@ def render_figures(generator, tokenizer, sampling: SamplingConfig, schedule: Sca
         rng = torch.Generator(device=device).manual_seed(cfg.seed)
         images = generate(generator, tokenizer, labels, schedule, sampling, rng).images
         out["samples_grid"] = figs.sample_grid(images.cpu(), labels.cpu(), out_dir / "samples_grid.png", names,
-                                               title=f"schedule {schedule}, cfg {sampling.cfg}")
+                                               title=heading)
     if cfg.trajectory_seeds:
         n, prefix, forced = cfg.trajectory_seeds, (), 0
         if cfg.trajectory_prefix:
@@ -271,5 +276,5 @@ def render_figures(generator, tokenizer, sampling: SamplingConfig, schedule: Sca
         gen = generate(generator, tokenizer, labels, schedule, sampling, rng, prefix=prefix, decode_intermediates=True)
         rows = [names[int(c)] if names else f"class {int(c)}" for c in labels]
         out["trajectory"] = figs.trajectory_figure([x.cpu() for x in gen.scale_images], schedule.scales,
-                                                   out_dir / "trajectory.png", forced, rows)
+                                                   out_dir / "trajectory.png", forced, rows, title=heading)
     return out

@@ -7,7 +7,7 @@
   teacher-forcing input / student-forcing input / student prediction / |delta|). Panels are images,
   latent maps (decoded with the tokenizer when one is given, else shown as a per-pixel norm) or
   difference maps (channel-mean magnitude, one colour scale per row).
-- `student_forcing_figure`: Fig. 8 for one training image, from a student-forcing trace.
+- `student_forcing_figure`: Fig. 8 for one (probe) image, from a student-forcing trace.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend).
 """
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from sar_core.objectives import TokenBatch, student_forcing_trace
+from sar_core.objectives import RolloutDraw, TokenBatch, student_forcing_trace
 
 PanelKind = Literal["image", "latent", "delta"]
 
@@ -171,10 +171,12 @@ def token_latents(tokenizer, idx_Bhw: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def student_forcing_figure(model, tokenizer, batch: TokenBatch, objective, path: Path, sample: int = 0) -> Path:
-    """Paper Fig. 8 for one training image: ground truth, teacher input, student input, student
-    prediction and |ground truth - student prediction| at every scale after the first."""
-    trace = student_forcing_trace(model, batch, objective, torch.Generator(batch.tokens.device).manual_seed(0))
+def student_forcing_figure(model, tokenizer, batch: TokenBatch, draw: RolloutDraw, path: Path, sample: int = 0,
+                           title: str = "", seed: int = 0) -> Path:
+    """Paper Fig. 8 for one image of `batch`: ground truth, teacher input, student input (tokens
+    drawn by `draw`), student prediction and |ground truth - student prediction| at every scale
+    after the first."""
+    trace = student_forcing_trace(model, batch, draw, rng=torch.Generator(batch.tokens.device).manual_seed(seed))
     gt = [token_latents(tokenizer, t)[sample] for t in trace.ground_truth]
     pred = [token_latents(tokenizer, t)[sample] for t in trace.student_prediction]
     rows = [
@@ -186,4 +188,5 @@ def student_forcing_figure(model, tokenizer, batch: TokenBatch, objective, path:
                                       for a, b in zip(gt, pred)], kind="delta"),
     ]
     titles = [f"{s}x{s}" for s in trace.scales]
-    return rollout_figure(rows, titles, path, tokenizer=tokenizer, title=f"student forcing ({objective.sampling} rollout)")
+    heading = f"student forcing, {draw.strategy} rollout" + (f"\n{title}" if title else "")
+    return rollout_figure(rows, titles, path, tokenizer=tokenizer, title=heading)

@@ -21,6 +21,7 @@ import numpy as np
 
 from sar_core import paths
 from sar_core.data.dataset import ImageDataset, model_input_batches
+from sar_core.data.order import choose_rows
 from sar_core.eval.config import MetricConfig
 from sar_core.eval.export import ReferenceNpz, read_reference_npz
 from sar_core.eval.features import FeatureNetwork, Features, extract_features
@@ -34,13 +35,6 @@ class RealReference:
     description: str
     features: Features  # for precision / recall (and the IS of the real set)
     stats: GaussianStats  # for FID: a reference .npz's own mu / sigma when it has them
-
-
-def choose_rows(total: int, count: int, seed: int) -> np.ndarray:
-    """`count` distinct row indices of `total`, seeded, in ascending order (all rows if count >= total)."""
-    if count >= total:
-        return np.arange(total)
-    return np.sort(np.random.default_rng(seed).choice(total, size=count, replace=False))
 
 
 def _cached(path: Path, compute) -> Features:
@@ -67,6 +61,15 @@ def split_features(network: FeatureNetwork, data: ImageDataset, split: str, coun
     return feats, f"{data.name}/{split}[n={len(rows)},seed={seed}]"
 
 
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """The file's SHA-256 (which reference batch a number was measured against, byte for byte)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 def npz_features(network: FeatureNetwork, path: str | Path, data: ImageDataset, batch_size: int = 500, device="cpu",
                  cache_dir: Path | None = None) -> tuple[Features, ReferenceNpz]:
     ref = read_reference_npz(path)
@@ -84,7 +87,7 @@ def real_reference(network: FeatureNetwork, metrics: MetricConfig, data: ImageDa
     if metrics.reference_is_npz:
         feats, ref = npz_features(network, metrics.reference, data, metrics.batch_size, device, cache_dir)
         stats = GaussianStats(ref.mu, ref.sigma) if ref.mu is not None else GaussianStats.from_features(feats.features)
-        return RealReference(f"npz:{ref.path.name}[n={ref.num_images}]", feats, stats)
+        return RealReference(f"npz:{ref.path.name}[n={ref.num_images},sha256={file_sha256(ref.path)[:16]}]", feats, stats)
     feats, desc = split_features(network, data, metrics.reference, metrics.reference_count, metrics.seed, image_size,
                                  metrics.batch_size, device, cache_dir)
     return RealReference(desc, feats, GaussianStats.from_features(feats.features))

@@ -19,7 +19,9 @@ of the *sample draw* only; seed-to-seed training noise is usually larger (`mean_
   Recomputing the radii on a resample would count each duplicated row as its own nearest neighbour.
 
 Across seeds: mean ± t_{0.975, n-1} · s / sqrt(n), and for paired arms (same seed, same initial
-checkpoint, another objective) the same interval on the per-seed differences.
+checkpoint, another objective) the same interval on the per-seed differences; arms that cannot be
+paired get Welch's interval. Two single runs can only be compared on their sample-draw noise:
+a - b ± 1.96 · sqrt(se_a^2 + se_b^2), which leaves out training noise.
 """
 from __future__ import annotations
 
@@ -43,9 +45,9 @@ def standard_error(values: Sequence[float]) -> float:
     return float(np.std(np.asarray(values, dtype=np.float64), ddof=1))
 
 
-def _symmetric_root(sigma: np.ndarray) -> np.ndarray:
-    eigenvalues, vectors = np.linalg.eigh(sigma)
-    return (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
+def _symmetric_root(sigma: torch.Tensor) -> torch.Tensor:
+    eigenvalues, vectors = torch.linalg.eigh(sigma)
+    return (vectors * eigenvalues.clamp_min(0).sqrt()) @ vectors.T
 
 
 @torch.no_grad()
@@ -55,17 +57,16 @@ def fid_bootstrap(features_ND: np.ndarray, reference: GaussianStats, counts_BN: 
     n = len(x)
     centre = x.mean(axis=0)
     xc = torch.from_numpy((x - centre).astype(np.float32))
-    root = _symmetric_root(np.atleast_2d(reference.sigma))
+    root = _symmetric_root(torch.from_numpy(np.atleast_2d(reference.sigma).astype(np.float64)))
     mu_r, trace_r = np.atleast_1d(reference.mu), float(np.trace(reference.sigma))
     out = []
     for counts in counts_BN:
         w = torch.from_numpy(counts.astype(np.float32))
-        mean_c = (w @ xc).double().numpy() / n  # resample mean, relative to the full set's
-        scatter = (xc.T @ (xc * w[:, None])).double().numpy()
-        sigma = (scatter - n * np.outer(mean_c, mean_c)) / (n - 1)
-        diff = centre + mean_c - mu_r
-        eig = np.linalg.eigvalsh(root @ sigma @ root)
-        out.append(diff @ diff + np.trace(sigma) + trace_r - 2 * np.sqrt(np.clip(eig, 0, None)).sum())
+        mean_c = (w @ xc).double() / n  # the resample's mean, relative to the full set's
+        sigma = ((xc.T @ (xc * w[:, None])).double() - n * torch.outer(mean_c, mean_c)) / (n - 1)
+        diff = centre + mean_c.numpy() - mu_r
+        eig = torch.linalg.eigvalsh(root @ sigma @ root).clamp_min(0)
+        out.append(diff @ diff + float(sigma.trace()) + trace_r - 2 * float(eig.sqrt().sum()))
     return np.asarray(out)
 
 
@@ -100,6 +101,18 @@ def paired_difference(arm: dict, baseline: dict, level: float = 0.95) -> tuple[f
     """Mean and t-interval of arm[k] - baseline[k] over the pairing keys k both have (e.g. seeds)."""
     keys = [k for k in arm if k in baseline]
     return mean_ci([arm[k] - baseline[k] for k in keys], level)
+
+
+def unpaired_difference(arm: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
+    """mean(arm) - mean(baseline) and its Welch t-interval (arms that share no seeds or checkpoint)."""
+    a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
+    if len(a) < 2 or len(b) < 2:
+        return float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, math.nan, min(len(a), len(b))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return float(a.mean() - b.mean()), 0.0, min(len(a), len(b))
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(a.mean() - b.mean()), float(scipy_stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)), min(len(a), len(b))
 
 
 def excludes_zero(mean: float, half_width: float) -> bool:

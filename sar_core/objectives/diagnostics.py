@@ -20,10 +20,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from sar_core.data.dataset import ImageDataset
+from sar_core.data.order import choose_rows
 from sar_core.generation import eval_mode
 from sar_core.generator import unwrap
 from sar_core.objectives.batch import TokenBatch
-from sar_core.objectives.config import ObjectiveConfig
 from sar_core.objectives.metrics import (per_scale_entries, per_scale_mean, to_floats, token_accuracy,
                                          token_cross_entropy, token_kl)
 from sar_core.objectives.rollout import RolloutDraw, sequential_rollout, shifted_inputs, stagger_scale_rollout
@@ -74,16 +75,14 @@ class StudentForcingTrace:
 
 
 @torch.no_grad()
-def student_forcing_trace(model: nn.Module, batch: TokenBatch, config: ObjectiveConfig,
+def student_forcing_trace(model: nn.Module, batch: TokenBatch, draw: RolloutDraw, depth: int = 1,
                           rng: torch.Generator | None = None) -> StudentForcingTrace:
-    """The SSR of `config` (its sampling and rollout depth) on every scale with full context, in eval mode."""
+    """The SSR (tokens drawn by `draw`, `depth` rollout passes) on every scale with full context, in eval mode."""
     schedule, N = batch.schedule, len(batch.schedule)
-    draw = RolloutDraw(config.sampling, config.rollout)
     with eval_mode(model):
         x_tf = unwrap(model).scale_inputs(batch.tokens, schedule)
         teacher = model(batch.labels, x_tf, schedule)
-        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), draw,
-                                    depth=config.rollout_depth, rng=rng)
+        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), draw, depth=depth, rng=rng)
         x_sf = shifted_inputs(model, ssr.inputs, schedule)
     per_scale_logits = ScaleSchedule(schedule.scales[1:]).split(ssr.logits)
     sizes = schedule.scales[1:]
@@ -101,3 +100,15 @@ def input_latents(x_BlCv: torch.Tensor, schedule) -> list[torch.Tensor]:
     """Generator inputs (B, L - h_1^2, Cvae) -> per scale 2..N latent maps (B, Cvae, h, h)."""
     chunks = x_BlCv.split(schedule.token_counts[1:], dim=1)
     return [x.reshape(x.shape[0], h, h, -1).permute(0, 3, 1, 2) for x, h in zip(chunks, schedule.scales[1:])]
+
+
+@torch.no_grad()
+def probe_batch(data: ImageDataset, split: str, count: int, seed: int, tokenizer: nn.Module, schedule: ScaleSchedule,
+                device: torch.device | str = "cpu") -> TokenBatch:
+    """`count` seeded-random images of a (held-out) split, tokenized at `schedule`: the one batch
+    every run of a comparison measures its train-test gap on."""
+    rows = choose_rows(data.split_size(split), count, seed)
+    images = data.images(split, tokenizer.config.image_size).batch(rows).to(device)
+    labels = torch.as_tensor(data.labels(split)[rows], dtype=torch.long, device=device)
+    with eval_mode(tokenizer):
+        return TokenBatch(labels, tokenizer.tokenize_flat(images, schedule), schedule)

@@ -245,3 +245,22 @@ def test_a_pipeline_shares_one_probe_and_refuses_one_per_step(tmp_path):
     assert job.steps["a"].probe.images == 32 and job.steps["a"].probe.seed == 3
     (problem,) = errors(tmp_path, text + "    probe: {images: 8}\n")
     assert "steps.a.probe: set probe on the pipeline, not on a step" in problem
+
+
+def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
+    from sar_platform.services.tracking import flatten
+    from sar_platform.spec.reads import read_spec
+
+    tf = flatten(read_spec(load_job(write(tmp_path, TRAIN))))
+    assert {k for k in tf if k.startswith("objective.")} == {"objective.kind", "objective.weighting"}
+    assert "eval.metrics.inception_weights" not in tf and "schedule.max_tokens" not in tf and "mlflow.port" in tf
+    sar = load_job(write(tmp_path, TRAIN + "objective: {preset: paper, sampling: argmax}\n"))
+    params = flatten(read_spec(sar))
+    assert params["objective.preset"] == "paper" and params["objective.gamma"] == "1.0"
+    assert not any(k.startswith("objective.rollout.") for k in params)  # argmax reads no rollout setting
+    unread = {".".join(map(str, k)) for k in sar.unread_fields()}
+    assert not any(k == u or k.startswith(u + ".") for k in params for u in unread)
+    # a pipeline's run records its own fields, not its steps'
+    pipeline = load_job(REPO / "jobs" / "quickstart.yaml")
+    assert not any(k.startswith("steps.") for k in flatten(read_spec(pipeline)))
+    assert flatten(read_spec(pipeline))["baseline"] == "tf"

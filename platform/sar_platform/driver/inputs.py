@@ -56,11 +56,20 @@ def ensure_eval_assets(job, session: Session) -> None:
     print(f"[sar] evaluation assets: {described}", flush=True)
 
 
+def checkpoint_origin(path: str, session: Session) -> tuple[int, str]:
+    """(global step, "job @ step N") of a generator checkpoint, from what its header records."""
+    _, _, meta = read_header(session.workspace.local_copy(path))
+    step = int(meta.get("step", 0))
+    return step, f"{meta.get('job', path)} @ step {step}"
+
+
 def prepare_train_inputs(job, session: Session) -> TrainInputs:
     shards = ensure_token_shards(job, session)
-    if job.eval.at_end or job.eval.every_steps:
+    if job.eval.evaluates:
         ensure_eval_assets(job, session)
-    return TrainInputs(job.tokenizer, job.init_from, shards, job.optim.total_steps(shards.num_rows))
+    offset, origin = checkpoint_origin(job.init_from, session) if job.init_from is not None else (0, "")
+    return TrainInputs(job.tokenizer, job.init_from, shards, job.optim.total_steps(shards.num_rows), offset, origin,
+                       job.probe.describe(job.data.dataset))
 
 
 def shard_dataset(folder: str | Path, expected_fingerprint: str | None = None,

@@ -1,10 +1,12 @@
-"""Pipelines: named steps in order, each step's outputs feeding later `step:<name>` references.
+"""Pipelines: named steps in order, each step's outputs feeding later `step:<name>` references, then
+the comparison of the `compare` steps (driver/compare.py) on the pipeline's run.
 
 Runs in the `sar` process; every step runs through the session's `run` (the job-kind table).
 """
 from __future__ import annotations
 
-from sar_platform.driver.report import comparison_table, final_metrics, headline_columns, log_table
+from sar_platform.driver.compare import Comparison, step_arms
+from sar_platform.driver.report import log_table
 from sar_platform.driver.session import Session
 from sar_platform.services.tracking import RunHandle
 
@@ -24,11 +26,10 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
 
     result = {"kind": job.kind, "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:
-        rows = [{"step": name, **final_metrics(outputs[name].get("metrics", {}))} for name in job.compare]
-        columns = headline_columns(rows, ["step"])
-        print(f"\n[sar] comparison:\n{comparison_table(rows, columns)}\n", flush=True)
-        log_table(handle, rows, columns, "comparison")
-        result["comparison"] = rows
+        comparison = Comparison([arm for name in job.compare for arm in step_arms(name, job.steps[name].resolve(outputs),
+                                                                                  outputs[name])], job.baseline)
+        print(f"\n[sar] comparison:\n{comparison.render()}\n", flush=True)
+        result.update(comparison.log(handle))
     handle.finish()
     session.save_outputs(run_name, result)
     return result

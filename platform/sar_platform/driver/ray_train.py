@@ -38,9 +38,9 @@ def run_config(job, session: Session, run_name: str) -> ray.train.RunConfig:
 
 def fit(entry: WorkerEntry, job, session: Session, run_name: str, handle: RunHandle, datasets: dict | None = None,
         **inputs):
-    """Run `entry` on the job's workers and wait for it. Each worker receives the job, the MLflow
-    run to log into (`mlflow`, rank 0 logs) and `inputs`."""
-    trainer = TorchTrainer(entry.fn, train_loop_config={"job": job, "mlflow": handle, **inputs},
+    """Run `entry` on the job's workers and wait for it. Each worker receives the job, its run's
+    name, the MLflow run to log into (`mlflow`, rank 0 logs) and `inputs`."""
+    trainer = TorchTrainer(entry.fn, train_loop_config={"job": job, "run_name": run_name, "mlflow": handle, **inputs},
                            scaling_config=scaling_config(job.resources), run_config=run_config(job, session, run_name),
                            datasets=datasets)
     return trainer.fit()

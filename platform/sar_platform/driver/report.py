@@ -15,29 +15,35 @@ from sar_core.eval import HEADLINE_METRICS
 from sar_platform.services.tracking import RunHandle
 
 
-def _fmt(v: Any) -> str:
+DECIMALS = {"fid": 2, "is": 2, "precision": 3, "recall": 3}
+"""Decimals tables show each metric with (FID 12.34, precision 0.812); other numbers get 4 significant digits."""
+
+
+def _fmt(v: Any, column: str = "") -> str:
     if isinstance(v, float):
-        return "-" if math.isnan(v) else f"{v:.4g}"
+        metric = column.removesuffix("_se").removesuffix("_ci95")
+        return "-" if math.isnan(v) else (f"{v:.{DECIMALS[metric]}f}" if metric in DECIMALS else f"{v:.4g}")
     return "-" if v is None else str(v)
 
 
 def headline(metrics: dict) -> dict:
-    """Whichever of FID / IS / precision / recall `metrics` has."""
-    return {k: metrics[k] for k in HEADLINE_METRICS if k in metrics}
+    """Whichever of FID / IS / precision / recall `metrics` has, with their standard errors."""
+    return {k: metrics[k] for m in HEADLINE_METRICS for k in (m, f"{m}_se") if k in metrics}
 
 
 def final_metrics(metrics: dict) -> dict:
     """The evaluation results in a run's last report (not its training curves)."""
-    return {k: v for k, v in metrics.items() if k in HEADLINE_METRICS or k.startswith("fid_at/")}
+    return {k: v for k, v in metrics.items() if k.removesuffix("_se") in HEADLINE_METRICS or k.startswith("fid_at/")}
 
 
 def headline_columns(rows: Sequence[dict], leading: Sequence[str]) -> list[str]:
-    """The leading columns, then whichever of FID / IS / precision / recall the rows have."""
-    return [*leading, *(m for m in HEADLINE_METRICS if any(m in r for r in rows))]
+    """The leading columns, then whichever of FID / IS / precision / recall (and their standard
+    errors) the rows have."""
+    return [*leading, *(k for m in HEADLINE_METRICS for k in (m, f"{m}_se") if any(k in r for r in rows))]
 
 
 def comparison_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
 
     def line(values):

@@ -12,9 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
+import yaml
+
 from sar_platform.driver.jobs import RUN_LINE
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import RunHandle, Tracker
+from sar_platform.spec.reads import read_spec
 
 
 @dataclass(frozen=True)
@@ -77,14 +80,24 @@ class Session:
         """A Ray Train checkpoint path (inside the storage filesystem) as a path or s3:// URI."""
         return path if self.workspace.is_local else f"s3://{path}"
 
-    def open_run(self, run_name: str, job, parent: RunHandle | None) -> RunHandle:
-        """The job's MLflow run (created once, found again on resume/retry), with the spec attached."""
+    def open_run(self, run_name: str, job, parent: RunHandle | None, step_offset: int = 0, origin: str = "") -> RunHandle:
+        """The job's MLflow run (created once, found again on resume/retry). Params and `spec.yaml`:
+        the job's own resolved spec, the fields it reads; the run's description says in one line
+        what it is (`origin`: where its starting checkpoint came from); the top-level run also keeps
+        the spec file as submitted. `step_offset`: the step of the checkpoint the run continues."""
+        spec = read_spec(job)
+        summary = job.summary() + (f"; from {origin}" if origin else "")
         handle, created = self.tracker.open(
-            self.run_key(run_name), run_name, params=job.model_dump(mode="json"), parent=parent,
-            description=job.description, tags={"sar.job_kind": job.kind, "sar.spec_name": job.name, **self.run_tags},
+            self.run_key(run_name), run_name, params=spec, parent=parent, step_offset=step_offset,
+            description=summary + (f"\n\n{job.description}" if job.description else ""),
+            tags={"sar.job_kind": job.kind, "sar.spec_name": job.name, "sar.summary": summary,
+                  "sar.step_offset": str(step_offset), **self.run_tags},
         )
-        if created and self.spec_text:
-            handle.client().log_text(handle.run_id, self.spec_text, "spec.yaml")
+        if created:
+            client = handle.client()
+            client.log_text(handle.run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
+            if parent is None and self.spec_text:
+                client.log_text(handle.run_id, self.spec_text, "submitted.yaml")
         if parent is None:  # one link per `sar run`; `sar submit` / `sar jobs status` pick it up (driver/jobs.py)
             print(f"{RUN_LINE}{run_name}: {self.tracker.run_url(handle.run_id)}", flush=True)
         return handle

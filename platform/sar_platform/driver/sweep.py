@@ -16,6 +16,7 @@ import ray.tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler
 
+from sar_platform.driver.compare import Comparison, sweep_arms
 from sar_platform.driver.inputs import prepare_train_inputs
 from sar_platform.driver.report import comparison_table, headline, headline_columns, log_sweep_figure, log_table
 from sar_platform.driver.session import Session
@@ -122,11 +123,17 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     print(f"\n[sar] sweep {run_name}: {len(rows)} trials\n{comparison_table(rows, columns)}\n", flush=True)
     log_table(handle, rows, columns, "trials")
     log_sweep_figure(handle, rows, param_names(job), job.metric)
+    compared = {}
+    if job.seeds is not None and len(job.seeds) > 1:  # every configuration across its seeds, paired against the first
+        arms = sweep_arms(run_name, job, rows)
+        comparison = Comparison(arms, arms[0].name if len(arms) > 1 else None)
+        print(f"[sar] sweep {run_name} across seeds:\n{comparison.render()}\n", flush=True)
+        compared = comparison.log(handle)
     best = best_row(rows, job.metric, job.mode)
     if best is not None:
         handle.log_metrics({f"best_{job.metric}": best[job.metric]}, step=0)
     handle.finish()
-    outputs = {"kind": job.kind, "trials": rows, "best": best, "mlflow_run_id": handle.run_id}
+    outputs = {"kind": job.kind, "trials": rows, "best": best, "mlflow_run_id": handle.run_id, **compared}
     if best is not None:
         best_outputs = session.outputs(trial_run_name(run_name, best["trial"])) or {}
         outputs.update({k: best_outputs[k] for k in ("generator", "tokenizer") if k in best_outputs})

@@ -12,7 +12,7 @@ from sar_platform.services.tracking import RunHandle
 
 def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     inputs = prepare_train_inputs(job, session)
-    handle = session.open_run(run_name, job, parent)
+    handle = session.open_run(run_name, job, parent, step_offset=inputs.step_offset, origin=inputs.origin)
     print(f"[sar] {run_name}: training {inputs.steps} steps on {job.resources.num_workers} worker(s)", flush=True)
     entry = session.worker(job.kind)
     result = ray_train.fit(entry, job, session, run_name, handle, datasets=train_datasets(job, inputs), inputs=inputs)

@@ -41,3 +41,9 @@ class TrainInputs:
     init_from: str | None
     shards: TokenShardsRef
     steps: int
+    step_offset: int = 0
+    """The global step of the checkpoint `init_from` (0 from scratch): this run's steps continue it."""
+    origin: str = ""
+    """Which run's checkpoint `init_from` is ("job @ step N"; empty from scratch)."""
+    probe: str = ""
+    """What the diagnostics probe is (data set split, images, seed, sampler), for the run's tags."""

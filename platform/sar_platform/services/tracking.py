@@ -1,7 +1,9 @@
 """MLflow bookkeeping: exactly one run per job / trial, found again by a key on retry or resume.
 
-The driver opens runs (params = the flattened spec, logged once) and hands `RunHandle`s to Ray
-workers; only rank 0 logs through them. Runs are looked up by the tag `sar.run_key` (storage path +
+The driver opens runs (params = the run's own resolved spec, limited to the fields it reads,
+logged once) and hands `RunHandle`s to Ray workers; only rank 0 logs through them. A run that
+continues another run's checkpoint (post-training) logs on that run's step axis: its steps are
+offset by the checkpoint's step, so one chart shows pretraining and post-training in order. Runs are looked up by the tag `sar.run_key` (storage path +
 job name, or the trial id), so a retried worker group, a restarted trial or `sar run --resume`
 continues the run instead of creating a duplicate.
 
@@ -59,13 +61,18 @@ class RunHandle:
 
     tracking_uri: str
     run_id: str
+    step_offset: int = 0
+    """Added to every step logged: the step of the checkpoint this run continues (0: none)."""
 
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking_uri)
 
+    def global_step(self, step: int) -> int:
+        return self.step_offset + step
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         ts = int(time.time() * 1000)
-        items = [Metric(metric_key(k), float(v), ts, step) for k, v in metrics.items()]
+        items = [Metric(metric_key(k), float(v), ts, self.global_step(step)) for k, v in metrics.items()]
         client = self.client()
         for i in range(0, len(items), 1000):
             client.log_batch(self.run_id, metrics=items[i : i + 1000])
@@ -108,19 +115,20 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
         parent: RunHandle | None = None,
         description: str = "",
+        step_offset: int = 0,
     ) -> tuple[RunHandle, bool]:
         """The run for `run_key`: reopened if it exists (params untouched), else created."""
         run_id = self.find(run_key)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            return RunHandle(self.uri, run_id), False
+            return RunHandle(self.uri, run_id, step_offset), False
         all_tags = {RUN_KEY_TAG: run_key, "sar.git_commit": git_commit(), **(tags or {})}
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
         if description:
             all_tags["mlflow.note.content"] = description
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        handle = RunHandle(self.uri, run.info.run_id)
+        handle = RunHandle(self.uri, run.info.run_id, step_offset)
         items = [Param(k, v[:6000]) for k, v in flatten(params or {}).items()]
         for i in range(0, len(items), 100):
             self.client.log_batch(handle.run_id, params=items[i : i + 100])

@@ -92,6 +92,12 @@ class JobCommon(StrictModel):
 
     references: ClassVar[dict[str, str]] = {}
     """Fields that may hold `step:<name>` -> the output of the named step they take."""
+    inner_fields: ClassVar[tuple[str, ...]] = ()
+    """Fields holding the jobs inside this one (their runs record them, this one's does not)."""
+
+    def summary(self) -> str:
+        """One line saying what the job is (the description of its MLflow run)."""
+        return self.kind
 
     def step_references(self) -> list[tuple[str, str]]:
         """(field path, `step:<name>`) of every field that refers to an earlier pipeline step."""

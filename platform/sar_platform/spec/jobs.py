@@ -4,6 +4,7 @@ Validation runs in the `sar` process when a spec is loaded; workers only read th
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
@@ -126,6 +127,10 @@ class TokenizerJob(JobCommon):
                 **prefixed(("optim",), self.optim.unread_fields()),
                 ("log", "diagnostics_every"): "is not read by tokenizer jobs (there is no train-test gap to measure)"}
 
+    def summary(self) -> str:
+        return f"tokenizer ({self.model.codebook_size} codes, {self.model.latent_size}x{self.model.latent_size} latent), " \
+               f"{self.optim.length()}"
+
 
 class TrainJob(JobCommon):
     kind: Literal["train"]
@@ -148,6 +153,11 @@ class TrainJob(JobCommon):
     (set on the pipeline or sweep when the job is one of theirs)."""
     precision: Precision = "auto"
 
+    def summary(self) -> str:
+        schedule = "-".join(map(str, self.schedule.scales)) + (" random" if self.schedule.random else "")
+        start = "" if self.init_from is not None else ", from scratch"
+        return f"{self.objective.summary()}; {self.optim.length()}, schedule {schedule}{start}"
+
     @property
     def reads_probe(self) -> bool:
         return self.log.diagnostics_every > 0 or (self.eval.evaluates and self.eval.figures)
@@ -166,7 +176,7 @@ class TrainJob(JobCommon):
         scales = self.schedule.scales
         out = []
         if self.eval.evaluates:
-            out += prefixed(("eval",), dict(self.eval.conflicts(scales))).items()
+            out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
         if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > scales[-1]:
             out.append((("objective", "hybrid_scale"), f"{self.objective.hybrid_scale} leaves no student-forced scale in "
                                                        f"schedule.scales {list(scales)}; use a size <= {scales[-1]}"))
@@ -210,7 +220,11 @@ class EvalJob(JobCommon):
                 **prefixed(("data",), self.data.unread_fields(self.kind))}
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
-        return list(prefixed(("eval",), dict(self.eval.conflicts(self.schedule))).items())
+        return [(("eval", *f), msg) for f, msg in self.eval.conflicts(self.schedule)]
+
+    def summary(self) -> str:
+        m, generator = self.eval.metrics, Path(self.generator)
+        return f"scores {generator.parent.name}/{generator.name} ({m.num_samples} samples, {m.feature_network} features)"
 
 
 class Domain(StrictModel):
@@ -264,8 +278,8 @@ class SweepJob(JobCommon):
     train: TrainJob
     """The train job every trial starts from (`kind` and `name` may be left out; storage, MLflow,
     seed and resources come from the sweep)."""
-    space: dict[str, Domain]
-    """Field paths of the train spec (e.g. objective.gamma) -> values to try."""
+    space: dict[str, Domain] = {}
+    """Field paths of the train spec (e.g. objective.gamma) -> values to try (none: only `seeds`)."""
     metric: str = "fid"
     mode: Literal["min", "max"] = "min"
     num_samples: int = Field(1, ge=1)
@@ -276,6 +290,10 @@ class SweepJob(JobCommon):
     max_concurrent_trials: int = Field(1, ge=1)
     probe: ProbeSpec = ProbeSpec()
     """The diagnostics probe every trial shares."""
+    inner_fields: ClassVar[tuple[str, ...]] = ("train",)
+
+    def summary(self) -> str:
+        return f"sweep over {', '.join(self.space) or 'nothing'}" + (f" x seeds {self.seeds}" if self.seeds else "")
 
     @model_validator(mode="before")
     @classmethod
@@ -309,7 +327,7 @@ class SweepJob(JobCommon):
         out = {**super().unread_fields(), **prefixed(("train",), unread)}
         if not self.train.reads_probe:
             out[("probe",)] = "is only read when the trials log diagnostics or evaluation figures"
-        return out
+        return {**out, **prefixed(("probe",), self.probe.unread_fields())}
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
         base = self.train.conflicts()
@@ -339,9 +357,17 @@ class PipelineJob(JobCommon):
     steps: dict[Name, Step]
     """Named steps, run in order; `step:<name>` in a later step uses that step's output."""
     compare: list[Name] = []
-    """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end."""
+    """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end, with their
+    uncertainty (a sweep step with `seeds` is one arm per configuration, across its seeds)."""
+    baseline: Name | None = None
+    """The compared step every other one is measured against (differences with 95% intervals,
+    paired by seed when both start from the same checkpoint)."""
     probe: ProbeSpec = ProbeSpec()
     """The diagnostics probe every train and sweep step shares."""
+    inner_fields: ClassVar[tuple[str, ...]] = ("steps",)
+
+    def summary(self) -> str:
+        return "pipeline: " + " -> ".join(self.steps)
 
     @model_validator(mode="before")
     @classmethod
@@ -368,7 +394,7 @@ class PipelineJob(JobCommon):
         if not any(getattr(step, "reads_probe", False) or (step.kind == "sweep" and step.train.reads_probe)
                    for step in self.steps.values()):
             out[("probe",)] = "is only read by train or sweep steps that log diagnostics or evaluation figures"
-        return out
+        return {**out, **prefixed(("probe",), self.probe.unread_fields())}
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
         return [(("steps", name, *f), msg) for name, step in self.steps.items() for f, msg in step.conflicts()]
@@ -385,6 +411,8 @@ class PipelineJob(JobCommon):
         for name in self.compare:
             if name not in self.steps:
                 raise ValueError(f"compare: {name!r} is not a step")
+        if self.baseline is not None and self.baseline not in self.compare:
+            raise ValueError(f"baseline: {self.baseline!r} is not one of the compared steps {self.compare}")
         return self
 
     def run_names(self, prefix: str = "") -> list[str]:

@@ -58,3 +58,5 @@ def check_sweep(sweep) -> None:
             check_field_read(path, trial)
     if sweep.seeds is not None and "seed" in sweep.space:
         raise ValueError("give seeds either as `seeds` or in `space.seed`, not both")
+    if not sweep.space and not sweep.seeds:
+        raise ValueError("a sweep needs a search `space`, `seeds`, or both")

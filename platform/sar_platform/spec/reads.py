@@ -48,6 +48,21 @@ def unread_problems(job, data: dict) -> list[tuple[FieldPath, str]]:
     return out
 
 
+def read_spec(job) -> dict:
+    """The job's resolved spec limited to the fields it reads (plus the objective preset's name when
+    one was used), without the jobs inside it: what its MLflow run records, as params and as its
+    `spec.yaml` (which validates as a spec of its own)."""
+    unread = job.unread_fields()
+
+    def prune(node: dict, path: FieldPath) -> dict:
+        return {k: prune(v, (*path, k)) if isinstance(v, dict) else v for k, v in node.items() if (*path, k) not in unread}
+
+    out = prune(job.model_dump(mode="json", exclude=set(job.inner_fields), exclude_none=True), ())
+    if isinstance(out.get("objective"), dict) and not out["objective"].get("preset"):
+        out["objective"].pop("preset", None)
+    return out
+
+
 def check_reads(job, data: dict, positions: dict, source: str) -> list[str]:
     """`file:line:col: field: problem` for unread written fields and conflicting settings."""
     problems = [*unread_problems(job, data), *job.conflicts()]

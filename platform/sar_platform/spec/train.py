@@ -43,6 +43,9 @@ class OptimSpec(StrictModel):
             return {("min_lr_ratio",): "is only read with lr_schedule: linear or cosine (here constant)"}
         return {}
 
+    def length(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else f"{self.epochs:g} epochs"
+
     def total_steps(self, dataset_size: int) -> int:
         if self.steps is not None:
             return self.steps

@@ -65,10 +65,3 @@ def token_batches(shards: TokenShardsRef, job, rank: int, world: int, start_step
     if job.data.loader == "ray_data":
         return stream_batches(job.optim.batch_size // world, job.seed, rank, start_step, device)
     return memory_batches(shards, job, rank, world, start_step, device)
-
-
-def first_rows(shards: TokenShardsRef, n: int, device) -> Batch:
-    """(labels, tokens) of the shard set's first `n` rows (the rows the Fig. 8 trace shows)."""
-    columns = shards.local().load()
-    return (torch.tensor(columns["label"][:n], dtype=torch.long, device=device),
-            torch.tensor(columns["tokens"][:n].astype(np.int64), device=device))

@@ -4,6 +4,7 @@ Runs inside Ray Train workers.
 """
 from __future__ import annotations
 
+import hashlib
 import random
 import tempfile
 from pathlib import Path
@@ -13,12 +14,13 @@ import torch.nn as nn
 
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
 from sar_core.generator import ScaleGenerator, unwrap
-from sar_core.objectives import TokenBatch, build_objective
+from sar_core.objectives import RolloutDraw, TokenBatch, build_objective, gap_diagnostics, probe_batch
 from sar_platform.services.inputs import TrainInputs
 from sar_platform.services.storage import Workspace
+from sar_platform.services.tracking import RunHandle
 from sar_platform.worker import loop
-from sar_platform.worker.batches import first_rows, token_batches
-from sar_platform.worker.evaluation import evaluate_generator
+from sar_platform.worker.batches import token_batches
+from sar_platform.worker.evaluation import Probe, evaluate_generator
 
 CHECKPOINT_FILE = "generator.safetensors"
 
@@ -34,11 +36,12 @@ def compatible(model: ScaleGenerator, tokenizer) -> None:
 
 
 class GeneratorTask:
-    def __init__(self, job, inputs: TrainInputs):
-        self.job, self.inputs, self.name = job, inputs, job.name
+    def __init__(self, job, inputs: TrainInputs, handle: RunHandle | None, run_name: str):
+        self.job, self.inputs, self.name, self.handle, self.run_name = job, inputs, job.name, handle, run_name
         self.workspace = Workspace.of(job.storage)
         self.objective = build_objective(job.objective)
         self.draw = job.schedule.draw() if job.schedule.random else None
+        self.rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
     def build(self, device: torch.device) -> nn.Module:
         self.device = device
@@ -51,7 +54,20 @@ class GeneratorTask:
             model = ScaleGenerator(self.job.model).set_codebook(self.tokenizer.codebook.weight.detach().cpu())
         model = model.to(device)
         compatible(model, self.tokenizer)
+        self.probe = self.build_probe() if self.job.reads_probe else None
         return model
+
+    def build_probe(self) -> Probe:
+        """The held-out batch and sampler of the diagnostics, the same for every run that shares
+        the spec's probe (its digest goes into the run's tags, so that sameness can be checked)."""
+        p = self.job.probe
+        data = self.job.data.image_dataset(self.tokenizer.config.image_size)
+        batch = probe_batch(data, p.split, p.images, p.seed, self.tokenizer, self.job.schedule.default, self.device)
+        probe = Probe(batch, RolloutDraw(p.sampling, p.rollout), p.seed, self.inputs.probe)
+        if self.rank == 0 and self.handle is not None:
+            digest = hashlib.sha256(batch.labels.cpu().numpy().tobytes() + batch.tokens.cpu().numpy().tobytes()).hexdigest()
+            self.handle.set_tags({"sar.probe": probe.description, "sar.probe.digest": digest[:16]})
+        return probe
 
     def schedule(self, step: int):
         """Fixed, or a fresh FlexVAR draw; the same on every rank (seeded by the step)."""
@@ -74,19 +90,22 @@ class GeneratorTask:
         return out.loss, out.metrics
 
     def diagnostics(self, model, batch: TokenBatch, step: int):
-        return self.objective.diagnostics(model, batch, self.rng(step))
+        """The train-test gap on the probe, not on the training batch: every run of a comparison
+        measures it on the same held-out images with the same sampler, whatever its objective."""
+        rng = torch.Generator(self.device).manual_seed(self.probe.seed)
+        return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng)
 
     def evaluate(self, model, step: int, final: bool):
-        return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default, Path(tempfile.mkdtemp()),
-                                  trace_batch=self.trace_batch(), cache_dir=self.workspace.eval_cache())
+        global_step = self.inputs.step_offset + step
+        title = f"{self.run_name} @ step {global_step}: {self.job.objective.summary()}"
+        return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default,
+                                  Path(tempfile.mkdtemp()), global_step, title, self.probe, self.handle,
+                                  cache_dir=self.workspace.eval_cache())
 
-    def trace_batch(self) -> TokenBatch:
-        labels, tokens = first_rows(self.inputs.shards, 8, self.device)
-        schedule = self.job.schedule.default
-        return TokenBatch(labels, self.inputs.shards.select(tokens, schedule), schedule)
-
-    def save(self, model, directory: Path) -> None:
-        save_model(model, directory / CHECKPOINT_FILE, {"job": self.job.name})
+    def save(self, model, directory: Path, step: int) -> None:
+        """The weights, with the run's name and the global step they were reached at (a run that
+        starts from them continues that step axis)."""
+        save_model(model, directory / CHECKPOINT_FILE, {"job": self.run_name, "step": self.inputs.step_offset + step})
 
     def load(self, model, directory: Path) -> None:
         state = read_tensors(directory / CHECKPOINT_FILE, self.device)
@@ -102,7 +121,7 @@ class GeneratorTask:
 def train_generator(config: dict) -> None:
     """Ray Train worker entry point."""
     job, inputs = config["job"], config["inputs"]
-    task = GeneratorTask(job, inputs)
+    task = GeneratorTask(job, inputs, config["mlflow"], config["run_name"])
     settings = loop.LoopSettings(
         steps=inputs.steps, log_every=job.log.every_steps, checkpoint_every=job.checkpoint.every_steps,
         diagnostics_every=job.log.diagnostics_every, eval_every=job.eval.every_steps, eval_at_end=job.eval.at_end,

@@ -41,7 +41,7 @@ class Task(Protocol):
     def loss(self, model: nn.Module, batch: Any, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
     def diagnostics(self, model: nn.Module, batch: Any, step: int) -> dict[str, float]: ...
     def evaluate(self, model: nn.Module, step: int, final: bool) -> tuple[dict[str, float], list[Path]]: ...
-    def save(self, model: nn.Module, directory: Path) -> None: ...
+    def save(self, model: nn.Module, directory: Path, step: int) -> None: ...
     def load(self, model: nn.Module, directory: Path) -> None: ...
     def state_dict(self) -> dict: ...
     def load_state_dict(self, state: dict) -> None: ...
@@ -111,7 +111,7 @@ class MetricWindow:
 
 
 def save_state(directory: Path, task: Task, model, opt, sched, step: int) -> None:
-    task.save(model, directory)
+    task.save(model, directory, step)
     torch.save(
         {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "task": task.state_dict()},
         directory / TRAIN_STATE,
@@ -197,7 +197,7 @@ def evaluate(t: Training, done: int, final: bool, precision: str, handle: RunHan
         metrics, artifacts = t.task.evaluate(t.model, done, final)
     if t.rank == 0 and handle is not None:
         for path in artifacts:
-            handle.log_artifact(path, f"{artifact_folder(path)}/step_{done:07d}")
+            handle.log_artifact(path, f"{artifact_folder(path)}/step_{handle.global_step(done):07d}")
     return metrics
 
 

@@ -27,9 +27,11 @@ def score_generator(config: dict) -> None:
     tokenizer = load_model(workspace.local_copy(job.tokenizer), kind="tokenizer", device=device).eval()
     model = load_model(workspace.local_copy(job.generator), kind="generator", device=device).eval()
     compatible(model, tokenizer)
+    step = handle.step_offset if handle is not None else 0  # the checkpoint's step
+    title = f"{job.name}: {Path(job.generator).parent.name}/{Path(job.generator).name} @ step {step}"
     with autocast(device, precision(job)):
         metrics, paths = evaluate_generator(model, tokenizer, job, ScaleSchedule(job.schedule), Path(tempfile.mkdtemp()),
-                                            cache_dir=workspace.eval_cache())
+                                            step, title, handle=handle, cache_dir=workspace.eval_cache())
     if ray.train.get_context().get_world_rank() == 0 and handle is not None:
         handle.log_metrics(metrics, 0)
         for path in paths:

@@ -20,8 +20,8 @@ CHECKPOINT_FILE = "tokenizer.safetensors"
 
 
 class TokenizerTask:
-    def __init__(self, job, steps: int):
-        self.job, self.name = job, job.name
+    def __init__(self, job, steps: int, run_name: str):
+        self.job, self.name, self.run_name = job, job.name, run_name
         self.steps = steps
         self.train_images = job.data.images("train", job.model.image_size)
         self.test_images = job.data.images("test", job.model.image_size)
@@ -61,8 +61,8 @@ class TokenizerTask:
         figure = reconstruction_figure(images[:16].cpu(), recon[:16].clamp(-1, 1).cpu(), Path(tempfile.mkdtemp()) / f"reconstructions_{step:07d}.png")
         return metrics, [figure]
 
-    def save(self, model, directory: Path) -> None:
-        save_model(model, directory / CHECKPOINT_FILE, {"job": self.job.name})
+    def save(self, model, directory: Path, step: int) -> None:
+        save_model(model, directory / CHECKPOINT_FILE, {"job": self.run_name, "step": step})
 
     def load(self, model, directory: Path) -> None:
         load_state_strict(model, read_tensors(directory / CHECKPOINT_FILE), str(directory / CHECKPOINT_FILE))
@@ -88,7 +88,7 @@ def reconstruction_figure(images: torch.Tensor, recon: torch.Tensor, path: Path)
 def train_tokenizer(config: dict) -> None:
     """Ray Train worker entry point."""
     job = config["job"]
-    task = TokenizerTask(job, config["steps"])
+    task = TokenizerTask(job, config["steps"], config["run_name"])
     settings = loop.LoopSettings(
         steps=config["steps"], log_every=job.log.every_steps, checkpoint_every=job.checkpoint.every_steps,
         diagnostics_every=0, eval_every=0, eval_at_end=True, precision=loop.precision(job), seed=job.seed,

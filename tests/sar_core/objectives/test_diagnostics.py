@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sar_core.objectives import ObjectiveConfig, build_objective, student_forcing_trace
+from sar_core.objectives import ObjectiveConfig, RolloutDraw, build_objective, student_forcing_trace
 from sar_core.objectives.metrics import per_scale_mean, token_cross_entropy, token_kl
 
 from .conftest import Recorder, hand_inputs, hand_upsample
@@ -42,8 +42,8 @@ def latent_map(x_BlC, h):
 
 
 def test_trace_holds_figure_8s_rows(confident_model, batch):
-    config = ObjectiveConfig(kind="sar", sampling="argmax")
-    trace = student_forcing_trace(confident_model, batch, config)
+    draw = RolloutDraw("argmax", ObjectiveConfig().rollout)
+    trace = student_forcing_trace(confident_model, batch, draw)
     schedule, codebook = batch.schedule, confident_model.codebook
     assert trace.scales == (2, 3, 5, 7)
     with torch.no_grad():
@@ -57,5 +57,5 @@ def test_trace_holds_figure_8s_rows(confident_model, batch):
         torch.testing.assert_close(trace.student_input[i - 1], latent_map(hand_upsample(codebook, drawn[i - 1], h), h))
         assert torch.equal(trace.student_prediction[i - 1], schedule.split(student)[i].argmax(-1).reshape(-1, h, h))
     assert trace.teacher_input[-1].shape == (6, 8, 7, 7) and trace.student_prediction[-1].shape == (6, 7, 7)
-    deeper = student_forcing_trace(confident_model, batch, ObjectiveConfig(kind="sar", sampling="argmax", rollout_depth=2))
+    deeper = student_forcing_trace(confident_model, batch, draw, depth=2)
     assert not torch.allclose(deeper.student_input[-1], trace.student_input[-1])
