@@ -1,4 +1,6 @@
-"""One real loopback cluster for every cluster test (started once per session, about 40 s on 2 cores):
+"""One real loopback cluster for the cluster tests (started once for their module, 40-120 s on 2
+cores, and ended with it: a second Ray left running would make Ray Train's placement-group cleaner
+in later tests' clusters fail to find its own cluster, and a trial ASHA stops would leak its CPUs):
 
 - an S3 server (moto's ThreadedMotoServer on 127.0.0.1) with one bucket, for the specs'
   `storage.path: s3://...` and MLflow's artifacts;
@@ -153,7 +155,7 @@ def cluster_env(root: Path, tracking_uri: str) -> dict:
     return env
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3_server():
     from moto.server import ThreadedMotoServer
 
@@ -167,7 +169,7 @@ def s3_server():
     server.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def cluster(s3_server):
     root = Path(tempfile.mkdtemp(prefix="sarc", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     (mlflow_port,) = free_ports(1)

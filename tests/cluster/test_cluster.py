@@ -35,14 +35,14 @@ def specs(cluster, tokenizer_path):  # noqa: F811
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_spec(specs, cluster, name: str, body: str, workers: int = 2, max_failures: int = 0) -> str:
+def train_spec(specs, cluster, name: str, body: str, max_failures: int = 0) -> str:
     """A tiny two-worker train job with storage on S3, as a path relative to the repository."""
     text = f"""
 kind: train
 name: {name}
 storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}
 mlflow: {{experiment: {name}}}
-resources: {{num_workers: {workers}, cpus_per_worker: 1}}
+resources: {{num_workers: 2, cpus_per_worker: 1}}  # one per node: each has one CPU
 max_failures: {max_failures}
 tokenizer: {TOKENIZER}
 model: {GENERATOR_MODEL}
