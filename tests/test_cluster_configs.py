@@ -1,6 +1,8 @@
 """The shipped cluster configs are well-formed: the AWS launcher file passes Ray's own launcher
-schema, the KubeRay manifest asks for the Ray version the project pins, and every node type can
-reach the shared paths and dependencies the ImageNet job needs."""
+schema, the KubeRay manifest asks for the Ray version the project pins, every node type can reach
+the shared paths and dependencies the ImageNet job needs, each config starts the cluster MLflow
+recipe (cluster/mlflow-server.sh) and tells the head where it is, and the dashboard and MLflow
+ports stay private."""
 from __future__ import annotations
 
 import json
@@ -10,6 +12,8 @@ import jsonschema
 import ray
 import yaml
 
+from sar_platform.driver.placement import placement_problems
+from sar_platform.driver.submit import unseen_paths
 from sar_platform.spec import load_job
 from tests.conftest import REPO
 
@@ -24,8 +28,13 @@ def test_the_aws_launcher_config_passes_rays_schema():
     assert config["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}")
 
 
+def kuberay(kind: str) -> dict:
+    (found,) = [d for d in yaml.safe_load_all((CLUSTER / "kuberay-raycluster.yaml").read_text()) if d["kind"] == kind]
+    return found
+
+
 def test_the_kuberay_cluster_pins_rays_version_and_mounts_the_shared_volume():
-    manifest = yaml.safe_load((CLUSTER / "kuberay-raycluster.yaml").read_text())
+    manifest = kuberay("RayCluster")
     assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayCluster")
     assert manifest["spec"]["rayVersion"] == ray.__version__
     pods = [manifest["spec"]["headGroupSpec"]["template"]["spec"]]
@@ -34,17 +43,66 @@ def test_the_kuberay_cluster_pins_rays_version_and_mounts_the_shared_volume():
         volumes = {v["name"] for v in pod.get("volumes", [])}
         for container in pod["containers"]:
             assert container["image"].startswith(f"rayproject/ray:{ray.__version__}")
-            assert "torch" in " ".join(container.get("command", [])), "every pod installs torch"
             for mount in container.get("volumeMounts", []):
                 assert mount["name"] in volumes, f"{container['name']} mounts undeclared volume {mount['name']}"
-            assert "/mnt/fsx" in {m["mountPath"] for m in container.get("volumeMounts", [])}
+            if container["name"].startswith("ray-"):  # Ray's containers (not the MLflow server beside the head)
+                assert "torch" in " ".join(container.get("command", [])), "every Ray pod installs torch"
+                assert "/mnt/fsx" in {m["mountPath"] for m in container.get("volumeMounts", [])}
 
 
-def test_the_imagenet_job_fits_the_aws_cluster():
+def test_the_imagenet_job_fits_the_aws_cluster_and_reads_only_what_every_node_sees():
     job = load_job(REPO / "jobs" / "imagenet256-d16-sar.yaml")
     config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
     gpu = config["available_node_types"]["gpu_worker"]
-    gpus_per_node = 8  # p4de.24xlarge
-    assert job.resources.num_workers * job.resources.gpus_per_worker <= gpu["max_workers"] * gpus_per_node
-    assert job.storage.path.startswith("s3://") and job.mlflow.tracking_uri, "multi-node runs need shared storage and MLflow"
+    p4de = {"CPU": 96, "GPU": 8}  # p4de.24xlarge
+    nodes = [dict(config["available_node_types"]["head"]["resources"])] + [p4de] * gpu["min_workers"]
+    assert placement_problems(job, nodes) == []  # 32 workers, and CPUs left for Ray Data's reads
+    assert job.storage.path.startswith("s3://") and job.mlflow.tracking_uri is None  # the head's server
     assert job.data.root.startswith("/mnt/fsx") and "/mnt/fsx" in " ".join(config["docker"]["run_options"])
+    assert unseen_paths(job, ["/mnt/fsx"]) == []  # `sar submit ... --shared-path /mnt/fsx`
+
+
+def test_the_aws_cluster_starts_the_mlflow_recipe_and_gives_the_head_its_uri_and_rays_token():
+    config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
+    assert any("cluster/mlflow-server.sh postgres" in c for c in config["head_setup_commands"])
+    head = config["head_start_ray_commands"]
+    start = next(c for c in head if "mlflow-server.sh start" in c)
+    assert "SAR_MLFLOW_ARTIFACTS=s3://" in start
+    ray_head = next(c for c in head if "ray start --head" in c)
+    assert "MLFLOW_TRACKING_URI=$(bash /home/ray/sar-platform/cluster/mlflow-server.sh uri)" in ray_head
+    assert head.index(start) < head.index(ray_head)
+    for line in [ray_head, *(c for c in config["worker_start_ray_commands"] if "ray start" in c)]:
+        assert "RAY_AUTH_MODE=token" in line
+    assert config["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
+    # Ray's launcher opens only SSH to the outside unless a config names its own security group.
+    assert "security_group" not in config["provider"]
+
+
+def test_the_kuberay_cluster_runs_mlflow_beside_the_head_behind_a_cluster_only_service():
+    service, cluster = kuberay("Service"), kuberay("RayCluster")
+    assert service["spec"]["type"] == "ClusterIP" and service["spec"]["selector"]["ray.io/node-type"] == "head"
+    assert "serviceType" not in cluster["spec"]["headGroupSpec"]  # the head's service stays ClusterIP too
+    head_pod = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    containers = {c["name"]: c for c in head_pod["containers"]}
+    mlflow = containers["mlflow"]
+    assert "mlflow-server.sh run" in " ".join(mlflow["command"])
+    env = {e["name"]: e for e in mlflow["env"]}
+    assert env["SAR_MLFLOW_BACKEND"]["value"].startswith("postgresql") and "@" in env["SAR_MLFLOW_BACKEND"]["value"]
+    assert ":" not in env["SAR_MLFLOW_BACKEND"]["value"].split("://")[1].split("@")[0], "no password in the URI"
+    assert "secretKeyRef" in env["PGPASSWORD"]["valueFrom"] and env["SAR_MLFLOW_ARTIFACTS"]["value"].startswith("s3://")
+    port = service["spec"]["ports"][0]["port"]
+    head_env = {e["name"]: e.get("value") for e in containers["ray-head"]["env"]}
+    assert head_env["MLFLOW_TRACKING_URI"] == f"http://{service['metadata']['name']}:{port}"
+    assert service["metadata"]["name"] in env["SAR_MLFLOW_ALLOWED_HOSTS"]["value"]
+    pods = [head_pod] + [g["template"]["spec"] for g in cluster["spec"]["workerGroupSpecs"]]
+    for container in (c for pod in pods for c in pod["containers"] if c["name"].startswith("ray-")):
+        ray_env = {e["name"]: e for e in container["env"]}
+        assert ray_env["RAY_AUTH_MODE"]["value"] == "token" and "secretKeyRef" in ray_env["RAY_AUTH_TOKEN"]["valueFrom"]
+
+
+def test_the_local_cluster_starts_the_same_recipe_before_the_head_and_on_loopback():
+    script = (CLUSTER / "local-cluster.sh").read_text()
+    assert 'SAR_MLFLOW_HOST=127.0.0.1' in script
+    start = script.index('"${mlflow_recipe[@]}" start')
+    head = script.index('MLFLOW_TRACKING_URI="$("${mlflow_recipe[@]}" uri)"')
+    assert start < head < script.index("--head") and '"${mlflow_recipe[@]}" stop' in script

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,25 +127,64 @@ def cmd_run(args) -> int:
     return 0
 
 
+def _cluster_command(run) -> int:
+    """Run a command that talks to a cluster's Jobs API; its refusals exit 2 with the reason."""
+    from sar_platform.driver.jobs import JobsError
+
+    try:
+        return run()
+    except JobsError as e:
+        print(f"sar: {e}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+
+
 @dataclass(frozen=True)
 class SubmitRequest:
     job: Any
     spec: Path
-    address: str
+    address: str | None
     resume: bool
     wait: bool
+    shared: tuple[str, ...]
 
 
 def build_submit(args) -> SubmitRequest:
     (job,) = _load([args.spec])
-    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait)
+    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()))
 
 
 def cmd_submit(args) -> int:
     r = build_submit(args)
     from sar_platform.driver.submit import submit_job
 
-    return submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait)
+    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared)))
+
+
+@dataclass(frozen=True)
+class JobsRequest:
+    action: str  # list | status | logs | stop
+    address: str | None
+    job_id: str | None = None
+    follow: bool = False
+    wait: bool = True
+
+
+def build_jobs(args) -> JobsRequest:
+    return JobsRequest(args.action, args.address, getattr(args, "job_id", None), getattr(args, "follow", False),
+                       not getattr(args, "no_wait", False))
+
+
+def cmd_jobs(args) -> int:
+    from sar_platform.driver import jobs
+
+    r = build_jobs(args)
+    actions = {
+        "list": lambda: jobs.list_jobs(r.address),
+        "status": lambda: jobs.show_status(r.address, r.job_id),
+        "logs": lambda: jobs.show_logs(r.address, r.job_id, r.follow),
+        "stop": lambda: jobs.stop(r.address, r.job_id, wait=r.wait),
+    }
+    return _cluster_command(actions[r.action])
 
 
 @dataclass(frozen=True)
@@ -300,13 +340,43 @@ def add_run(sub) -> None:
     p.set_defaults(func=cmd_run, build=build_run)
 
 
+def add_address(p) -> None:
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="the cluster's dashboard address, e.g. http://127.0.0.1:8265 (default: $RAY_ADDRESS)")
+
+
 def add_submit(sub) -> None:
     p = sub.add_parser("submit", help="submit a job spec to a Ray cluster through the Ray Jobs API")
     p.add_argument("spec", metavar="SPEC")
-    p.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://127.0.0.1:8265")
-    p.add_argument("--resume", action="store_true")
+    add_address(p)
+    p.add_argument("--resume", action="store_true", help="continue the job's runs from their latest checkpoints")
     p.add_argument("--no-wait", action="store_true", help="return after submission instead of following the logs")
+    p.add_argument("--shared-path", action="append", metavar="PREFIX",
+                   help="a file system every node mounts at this same path (e.g. /mnt/fsx); local paths of the spec "
+                        "must lie under one (repeatable; also $SAR_SHARED_PATHS)")
     p.set_defaults(func=cmd_submit, build=build_submit)
+
+
+def add_jobs(sub) -> None:
+    p = sub.add_parser("jobs", help="list, follow and stop the Ray Jobs on a cluster")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="every submitted job: id, status, start time, spec")
+    add_address(listing)
+    listing.set_defaults(func=cmd_jobs, build=build_jobs)
+    status = actions.add_parser("status", help="a job's status, times, spec and MLflow run")
+    status.add_argument("job_id", metavar="ID")
+    add_address(status)
+    status.set_defaults(func=cmd_jobs, build=build_jobs)
+    logs = actions.add_parser("logs", help="a job's driver log")
+    logs.add_argument("job_id", metavar="ID")
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+    add_address(logs)
+    logs.set_defaults(func=cmd_jobs, build=build_jobs)
+    stop = actions.add_parser("stop", help="stop a job (its MLflow runs end KILLED)")
+    stop.add_argument("job_id", metavar="ID")
+    stop.add_argument("--no-wait", action="store_true", help="return once the stop is requested")
+    add_address(stop)
+    stop.set_defaults(func=cmd_jobs, build=build_jobs)
 
 
 def add_ui(sub) -> None:
@@ -370,7 +440,7 @@ def add_data(sub) -> None:
     p.set_defaults(func=cmd_data, build=build_data)
 
 
-SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_ui, add_sample, add_eval, add_import_flexvar, add_data)
+SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_sample, add_eval, add_import_flexvar, add_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from typing import Any
 
 from sar_platform import kinds
 from sar_platform.driver import embedded_ray
+from sar_platform.driver.placement import placement_problems
 from sar_platform.driver.run_lock import hold_runs
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
@@ -26,6 +27,8 @@ from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import Tracker
 from sar_platform.spec.loader import Locator, SpecError
+
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 class Terminated(KeyboardInterrupt):
@@ -91,30 +94,52 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
     if os.environ.get("SAR_RAY_JOB"):
         # Inside `sar submit`'s Ray Job, whose runtime env already ships the repository: add the
         # variables only (Ray merges them key by key; the job sets RAY_OVERRIDE_JOB_RUNTIME_ENV).
-        runtime_env = {"env_vars": runtime_env["env_vars"]}
+        # The job's cluster address goes along too: a worker or actor that looks its cluster up
+        # ("auto") would otherwise fail on a machine that hosts several Ray clusters.
+        runtime_env = {"env_vars": {**runtime_env["env_vars"],
+                                    **({"RAY_ADDRESS": os.environ["RAY_ADDRESS"]} if "RAY_ADDRESS" in os.environ else {})}}
     if address:
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
         return None
     return embedded_ray.start(num_cpus, runtime_env, log_to_driver=True)
 
 
-def check_cluster(job, workspace: Workspace, tracking_uri: str) -> None:
-    """Local storage and an embedded (loopback) MLflow server only work when every node is this machine."""
+def alive_nodes() -> list[dict]:
+    """The total resources of every node alive now."""
+    import ray
+
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_cluster(job, workspace: Workspace, tracking_uri: str, embedded_mlflow: bool) -> None:
+    """Right after connecting, before any MLflow run is opened: resources the cluster can never give
+    (driver/placement.py), and local storage or an embedded (loopback) MLflow server on a cluster
+    whose nodes are other machines."""
     import ray
 
     here = ray.util.get_node_ip_address()
     remote = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] != here]
-    if not remote:
-        return
-    problems = []
-    if workspace.is_local:
+    problems = placement_problems(job, alive_nodes())
+    if remote and workspace.is_local:
         problems.append(f"storage.path {workspace.root} is a local folder but the cluster has other nodes ({remote[0]}): "
                         "use s3://... or a shared file system path")
-    if job.mlflow.tracking_uri is None:
+    if remote and embedded_mlflow:
         problems.append(f"the embedded MLflow server ({tracking_uri}) is not reachable from other nodes: "
-                        "set mlflow.tracking_uri to a server every node can reach")
+                        "set mlflow.tracking_uri (or $MLFLOW_TRACKING_URI on the head) to a server every node can reach")
     if problems:
-        raise SpecError(problems)
+        raise SpecError([f"{job.name}: {p}" for p in problems])
+
+
+def tracking_server(job, workspace: Workspace) -> tuple[str, bool]:
+    """(tracking URI, whether it is the embedded server): the spec's mlflow.tracking_uri, else
+    $MLFLOW_TRACKING_URI (the cluster configs set it on the head to the cluster's server, see
+    cluster/mlflow-server.sh), else the workspace's embedded server, started if needed."""
+    if job.mlflow.tracking_uri:
+        return job.mlflow.tracking_uri, False
+    if os.environ.get(TRACKING_URI_ENV):
+        return os.environ[TRACKING_URI_ENV], False
+    print(f"[sar] starting (or reusing) the MLflow server in {workspace.mlflow_root()}", flush=True)
+    return ensure_server(workspace.mlflow_root(), job.mlflow.port).uri, True
 
 
 def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
@@ -131,25 +156,21 @@ def _run_locked(job, workspace: Workspace, spec_text: str, address: str | None, 
                 num_cpus: int | None) -> dict[str, Any]:
     import ray
 
-    if job.mlflow.tracking_uri:
-        tracking_uri = job.mlflow.tracking_uri
-    else:
-        print(f"[sar] starting (or reusing) the MLflow server in {workspace.mlflow_root()}", flush=True)
-        tracking_uri = ensure_server(workspace.mlflow_root(), job.mlflow.port).uri
+    tracking_uri, embedded_mlflow = tracking_server(job, workspace)
     tracker = Tracker(tracking_uri, job.mlflow.experiment)
     print(f"[sar] MLflow: {tracker.runs_url()}", flush=True)
     # MLflow would print a "View run" link per finished run; the runner prints the experiment's once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     # Tune's own Ctrl-C handler would end a sweep "successfully"; the interruption is ours to handle.
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
+    env = {TRACKING_URI_ENV: tracking_uri, "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     started_ray, reaper = not ray.is_initialized(), None
     try:
         with ending_runs(tracker):
             if started_ray:
                 reaper = connect_ray(address, num_cpus, env)
             with sigterm_interrupts():  # ray.init replaced the handler
-                check_cluster(job, workspace, tracking_uri)
+                check_cluster(job, workspace, tracking_uri, embedded_mlflow)
                 session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
                 outputs = session.run(job, parent=None, run_name=job.name)
     finally:

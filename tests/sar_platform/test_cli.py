@@ -32,9 +32,14 @@ def specs(tmp_path):
     return paths
 
 
+CLUSTER = ["--address", "http://127.0.0.1:8265"]
+
+
 def base_argv(command: str, spec: str) -> list[str]:
     return {
-        "validate": [spec], "schema": [], "run": [spec], "submit": [spec, "--address", "http://127.0.0.1:8265"], "ui": [],
+        "validate": [spec], "schema": [], "run": [spec], "submit": [spec, *CLUSTER], "ui": [],
+        "jobs list": CLUSTER, "jobs status": ["sar-job-1", *CLUSTER], "jobs logs": ["sar-job-1", *CLUSTER],
+        "jobs stop": ["sar-job-1", *CLUSTER],
         "sample": CHECKPOINTS, "eval": CHECKPOINTS, "data": ["fashion-mnist"],
         "import-flexvar": ["--generator", "g.pth", "--vqvae", "v.pth", "--out", "out"],
     }[command]
@@ -48,9 +53,14 @@ PREREQUISITES = {
 }
 
 
-def subcommands() -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+def subcommands(parser=None, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """Every (sub)command that runs something, by its words (`jobs logs`)."""
+    sub = next(a for a in (parser or build_parser())._actions if isinstance(a, argparse._SubParsersAction))
+    found = {}
+    for name, child in sub.choices.items():
+        nested = any(isinstance(a, argparse._SubParsersAction) for a in child._actions)
+        found.update(subcommands(child, f"{prefix}{name} ") if nested else {f"{prefix}{name}": child})
+    return found
 
 
 def alternative(action: argparse.Action, base: list[str], other_spec: str) -> list[str] | None:
@@ -58,6 +68,8 @@ def alternative(action: argparse.Action, base: list[str], other_spec: str) -> li
     if not action.option_strings:  # positionals: another spec file, or another choice
         if action.choices is not None:
             return None  # `sar data fashion-mnist`: the only data set there is
+        if base and not any(a.endswith(".yaml") for a in base):
+            return [base[0] + ".other", *base[1:]]  # a job id
         return [other_spec if a.endswith(".yaml") else a for a in base] if base else [other_spec]
     flag = action.option_strings[-1]
     if isinstance(action, argparse._StoreTrueAction):
@@ -83,24 +95,26 @@ def built(argv: list[str]):
 def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     commands = subcommands()
-    assert set(commands) == {"validate", "schema", "run", "submit", "ui", "sample", "eval", "import-flexvar", "data"}
+    assert set(commands) == {"validate", "schema", "run", "submit", "jobs list", "jobs status", "jobs logs", "jobs stop",
+                             "ui", "sample", "eval", "import-flexvar", "data"}
     checked = []
     for command, parser in commands.items():
-        base = [command, *base_argv(command, specs[0])]
+        base = [*command.split(), *base_argv(command, specs[0])]
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
             needs = PREREQUISITES.get((command, action.dest), [])
-            changed = alternative(action, base[1:] + needs, specs[1])
+            changed = alternative(action, base[len(command.split()):] + needs, specs[1])
             if changed is None:
                 continue
             try:
                 reference = built(base + needs)
             except UsageError:  # the prerequisite needs this flag in turn (inception and its weights)
                 reference = built(base)
-            assert built([command, *changed]) != reference, f"sar {command}: {action.dest} changes nothing"
+            assert built([*command.split(), *changed]) != reference, f"sar {command}: {action.dest} changes nothing"
             checked.append(f"{command} {action.dest}")
-    assert "eval seed" in checked and "run num_cpus" in checked and "ui port" in checked and len(checked) >= 40
+    assert "eval seed" in checked and "run num_cpus" in checked and "ui port" in checked and "submit shared_path" in checked
+    assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and len(checked) >= 48
 
 
 def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generation():

@@ -51,7 +51,7 @@ def ensure_eval_assets(job, session: Session) -> None:
     """Train (or find) the feature network and the real reference features once, before the workers
     start, so that their evaluation only loads them from the cache."""
     _, tokenizer_config, _ = read_header(session.workspace.local_copy(job.tokenizer))
-    described = run_task(session.entries.prepare_eval_assets, job, tokenizer_config.image_size,
+    described = run_task(session.entries.prepare_eval_assets, job, tokenizer_config.image_size, session.workspace,
                          num_cpus=job.resources.cpus_per_worker)
     print(f"[sar] evaluation assets: {described}", flush=True)
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from sar_platform.driver.jobs import RUN_LINE
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import RunHandle, Tracker
 from sar_platform.spec.reads import read_spec
@@ -44,7 +45,7 @@ class Entries:
     encode_shards: Callable[..., None]
     """Ray task body: (job, shard folder, workspace) -> None; encodes a train job's token shards."""
     prepare_eval_assets: Callable[..., str]
-    """Ray task body: (job, image size) -> description; caches the feature network and real features."""
+    """Ray task body: (job, image size, workspace) -> description; caches the feature network and real features."""
     run_job: Callable[..., dict]
     """(job, session, parent, run_name) -> outputs: runs a job through the job-kind table."""
 
@@ -102,6 +103,8 @@ class Session:
             client.log_text(handle.run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
             if parent is None and self.spec_text:
                 client.log_text(handle.run_id, self.spec_text, "submitted.yaml")
+        if parent is None:  # one link per `sar run`; `sar submit` / `sar jobs status` pick it up (driver/jobs.py)
+            print(f"{RUN_LINE}{run_name}: {self.tracker.run_url(handle.run_id)}", flush=True)
         return handle
 
     def trial_state(self) -> dict[str, Any]:

@@ -18,13 +18,16 @@ def repository_root() -> Path:
     return Path(__file__).resolve().parents[3]
 
 
-def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, str] | None = None) -> dict:
+def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, str] | None = None,
+                           forward: bool = True) -> dict:
     """working_dir = the repository (job specs and data paths resolve in it; there is no
     `platform/__init__.py`, so the standard library's `platform` stays importable there), the two
-    packages as py_modules, plus env vars."""
+    packages as py_modules, plus env vars. `forward`: also pass on this process's data, MLflow and
+    Ray-auth variables (a driver to its workers; never `sar submit` to a cluster, whose nodes have
+    their own)."""
     # Plain prints from workers: Ray Train's print patch would show every progress line twice.
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI", *MLFLOW_CLIENT_ENV_VARS):
+    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI", *MLFLOW_CLIENT_ENV_VARS) if forward else ():
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})

@@ -1,8 +1,10 @@
 """The workspace: a local folder or an S3 prefix holding runs, checkpoints, shards and outputs.
 
 Layout under the root:
-    runs/<job>/            Ray Train run (checkpoints), outputs.json once the job finished
+    runs/<job>/            Ray Train run (checkpoints, run state), outputs.json once the job finished
     shards/<dataset>-<tokenizer fingerprint>/   pre-tokenized Parquet shards
+    eval-assets/           (s3:// workspaces) trained metric classifiers and real reference features,
+                           content-addressed, so every node scores with what the driver prepared
 The embedded MLflow server always keeps its SQLite file and artifacts on the driver's local disk
 (`mlflow_root`), under the workspace when the workspace is local.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ from sar_core import paths
 
 RUNS = "runs"
 SHARDS = "shards"
+EVAL_ASSETS = "eval-assets"
 OUTPUTS = "outputs.json"
 
 
@@ -46,13 +50,13 @@ class Workspace:
             return pafs.LocalFileSystem(), self.root
         if not self.root.startswith("s3://"):
             raise ValueError(f"storage.path {self.root!r}: only local paths and s3:// URIs are supported")
+        # Credentials are never passed here: the AWS SDK's default chain finds them on each machine
+        # (AWS_* environment variables, ~/.aws, the instance or pod role), so no key ever sits in a
+        # filesystem object that Ray pickles to workers or records in a run's state.
         kwargs: dict[str, Any] = {}
         if self.s3_endpoint:
             scheme, _, host = self.s3_endpoint.partition("://")
             kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-            for env, key in (("AWS_ACCESS_KEY_ID", "access_key"), ("AWS_SECRET_ACCESS_KEY", "secret_key")):
-                if os.environ.get(env):
-                    kwargs[key] = os.environ[env]
         return pafs.S3FileSystem(**kwargs), self.root[len("s3://"):]
 
     def path(self, *parts: str) -> str:
@@ -125,6 +129,8 @@ class Workspace:
         if not target.exists():
             fs, p = self._fs_path(uri)
             tmp = Path(str(target) + ".part")
+            shutil.rmtree(tmp, ignore_errors=True)  # an interrupted earlier copy
+            tmp.mkdir(parents=True)  # pyarrow copies a folder's files into an existing one
             pafs.copy_files(p, str(tmp), source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
             os.replace(tmp, target)
         return target
@@ -138,6 +144,36 @@ class Workspace:
     def upload_folder(self, local: str | Path, uri: str) -> None:
         fs, p = self._fs_path(uri)
         pafs.copy_files(str(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+
+    def eval_cache(self) -> Path | None:
+        """The evaluation cache (metric classifiers, reference features) on this machine: None (the
+        data cache) for a local workspace; for an s3:// one, a local mirror of eval-assets/ with
+        every file the workspace holds there (files are named by content hashes: never stale)."""
+        if self.is_local:
+            return None
+        uri = self.path(EVAL_ASSETS)
+        mirror = self._cache(uri) / EVAL_ASSETS
+        fs, root = self._fs_path(uri)
+        for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
+            target = mirror / info.path[len(root):].lstrip("/")
+            if info.type == pafs.FileType.File and not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                pafs.copy_files(info.path, str(target) + ".part", source_filesystem=fs,
+                                destination_filesystem=pafs.LocalFileSystem())
+                os.replace(str(target) + ".part", target)
+        mirror.mkdir(parents=True, exist_ok=True)
+        return mirror
+
+    def save_eval_cache(self, mirror: Path | None) -> None:
+        """Upload what was added to the local mirror of eval-assets/ (nothing for a local workspace)."""
+        if mirror is None:
+            return
+        fs, root = self._fs_path(self.path(EVAL_ASSETS))
+        for path in sorted(p for p in mirror.rglob("*") if p.is_file() and not p.name.endswith((".part", ".tmp.npz"))):
+            remote = f"{root}/{path.relative_to(mirror).as_posix()}"
+            if fs.get_file_info(remote).type == pafs.FileType.NotFound:
+                fs.create_dir(remote.rsplit("/", 1)[0], recursive=True)
+                pafs.copy_files(str(path), remote, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
     def mlflow_root(self) -> Path:
         if self.is_local:

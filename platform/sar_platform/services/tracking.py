@@ -233,6 +233,9 @@ class Tracker:
     def runs_url(self) -> str:
         return f"{self.uri}/#/experiments/{self.experiment_id}/runs"
 
+    def run_url(self, run_id: str) -> str:
+        return f"{self.runs_url()}/{run_id}"
+
     def find(self, run_key: str) -> str | None:
         escaped = run_key.replace("'", "\\'")
         runs = self.client.search_runs([self.experiment_id], f"tags.`{RUN_KEY_TAG}` = '{escaped}'", max_results=2)

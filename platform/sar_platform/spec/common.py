@@ -40,7 +40,7 @@ def prefixed(prefix: FieldPath, fields: dict) -> dict:
     return {(*prefix, *(k if isinstance(k, tuple) else tuple(k.split(".")))): v for k, v in fields.items()}
 
 
-def _absolute_if_local(value: str) -> str:
+def absolute_if_local(value: str) -> str:
     """Relative local paths are resolved once, at load time, against the directory `sar` runs in
     (or $SAR_BASE_DIR: `sar submit` sets it to the submitter's directory), so that Ray workers and
     job drivers, whose working directories differ, see the same files."""
@@ -50,7 +50,7 @@ def _absolute_if_local(value: str) -> str:
     return str((base / Path(value).expanduser()).resolve())
 
 
-PathOrURI = Annotated[str, AfterValidator(_absolute_if_local)]
+PathOrURI = Annotated[str, AfterValidator(absolute_if_local)]
 """A local path (made absolute), an s3:// URI, or `step:<name>` (the output of a pipeline step)."""
 
 
@@ -77,10 +77,11 @@ class Storage(StrictModel):
 
 class MLflowSpec(StrictModel):
     tracking_uri: str | None = None
-    """None: the embedded local server (127.0.0.1, SQLite + local artifacts under the workspace)."""
+    """None: $MLFLOW_TRACKING_URI when set (the cluster configs set it on the head to the cluster's
+    server), else the embedded local server (127.0.0.1, SQLite + local artifacts under the workspace)."""
     experiment: Name = "sar-platform"
     port: int = Field(5055, ge=0, le=65535)
-    """Port of the embedded server (0: any free port). Ignored when tracking_uri is set."""
+    """Port of the embedded server (0: any free port). Ignored when a tracking URI is set."""
 
 
 class JobCommon(StrictModel):

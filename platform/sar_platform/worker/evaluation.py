@@ -47,15 +47,16 @@ def provenance(scoring, result: EvalResult, schedule: ScaleSchedule, step: int) 
 
 
 def evaluate_generator(model, tokenizer, job, schedule: ScaleSchedule, out_dir: Path, step: int, title: str = "",
-                       probe: Probe | None = None, handle: RunHandle | None = None):
+                       probe: Probe | None = None, handle: RunHandle | None = None, cache_dir: Path | None = None):
     """Collective over the data-parallel workers; rank 0 gets (metrics, output paths) and records
-    the provenance in the run (`handle`), the others get ({}, [])."""
+    the provenance in the run (`handle`), the others get ({}, []). `cache_dir`: where the prepared
+    metric classifier and reference features are (None: the data cache)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     data = job.data.image_dataset(tokenizer.config.image_size)
     figures = FigureConfig() if job.eval.figures else None
     rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     result = evaluate(model, tokenizer, job.eval.sampling, job.eval.metrics, schedule, out_dir,
-                      data=data, figures=figures, progress=rank == 0, title=title)
+                      data=data, figures=figures, progress=rank == 0, title=title, cache_dir=cache_dir)
     if rank != 0:
         return {}, []
     paths = [Path(p) for p in result.figures.values()]

@@ -31,7 +31,7 @@ def score_generator(config: dict) -> dict:
     title = f"{job.name}: {Path(job.generator).parent.name}/{Path(job.generator).name} @ step {step}"
     with autocast(device, precision(job)):
         metrics, paths = evaluate_generator(model, tokenizer, job, ScaleSchedule(job.schedule), Path(tempfile.mkdtemp()),
-                                            step, title, handle=handle)
+                                            step, title, handle=handle, cache_dir=workspace.eval_cache())
     if ray.train.get_context().get_world_rank() == 0 and handle is not None:
         handle.log_metrics(metrics, 0)
         for path in paths:

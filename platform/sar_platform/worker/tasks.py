@@ -28,10 +28,13 @@ def encode_token_shards(job, folder: str, workspace: Workspace) -> None:
         workspace.upload_folder(target, folder)
 
 
-def prepare_eval_assets(job, image_size: int) -> str:
+def prepare_eval_assets(job, image_size: int, workspace: Workspace) -> str:
     """Train (or find) the feature network and the real reference features, into the cache the
-    workers' evaluation reads; returns what was prepared, for the driver's log."""
+    workers' evaluation reads (the workspace's eval-assets/ when it is on S3, so that workers on
+    any node find them); returns what was prepared, for the driver's log."""
     data = job.data.image_dataset(image_size)
-    network = build_feature_network(job.eval.metrics, data, "cpu", progress=True)
-    real = real_reference(network, job.eval.metrics, data, image_size)
+    cache = workspace.eval_cache()
+    network = build_feature_network(job.eval.metrics, data, "cpu", cache_dir=cache, progress=True)
+    real = real_reference(network, job.eval.metrics, data, image_size, cache_dir=cache)
+    workspace.save_eval_cache(cache)
     return f"{network.fingerprint} vs {real.description}"
