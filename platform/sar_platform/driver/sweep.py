@@ -74,8 +74,9 @@ def scheduler(job, total_reports: int):
                          grace_period=s.grace_period, reduction_factor=s.reduction_factor)
 
 
-def trial_rows(results, job, tracker: Tracker, parent: RunHandle) -> list[dict]:
-    """One row per trial; the MLflow runs of trials ASHA stopped are closed as KILLED."""
+def trial_rows(results, job, tracker: Tracker, parent: RunHandle, total_steps: int) -> list[dict]:
+    """One row per trial (finished: it reached its last step); the MLflow runs of trials ASHA
+    stopped are closed as KILLED."""
     children = {r.data.tags.get("sar.trial_id"): r for r in tracker.children(parent)}
     rows = []
     for res in results:
@@ -84,7 +85,7 @@ def trial_rows(results, job, tracker: Tracker, parent: RunHandle) -> list[dict]:
         child = children.get(trial_id)
         row = {"trial": trial_id}
         row.update({p: res.config.get(p) for p in param_names(job)})
-        finished = bool(headline(metrics))
+        finished = metrics.get("step", 0) >= total_steps
         row["status"] = "error" if res.error else ("finished" if finished else f"stopped at step {metrics.get('step', '?')}")
         row.update(headline(metrics))
         if child is not None and child.info.status == "RUNNING":
@@ -123,7 +124,7 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     inputs = prepare_train_inputs(base, session)  # shared shards are encoded once, before trials start
     total_reports = math.ceil(inputs.steps / base.log.every_steps) + 2
     results = build_tuner(job, session, handle, run_name, total_reports).fit()
-    rows = trial_rows(results, job, session.tracker, handle)
+    rows = trial_rows(results, job, session.tracker, handle, inputs.steps)
     columns = headline_columns(rows, ["trial", *param_names(job), "status"])
     print(f"\n[sar] sweep {run_name}: {len(rows)} trials\n{comparison_table(rows, columns)}\n", flush=True)
     log_table(handle, rows, columns, "trials")
