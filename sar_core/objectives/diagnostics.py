@@ -10,8 +10,9 @@ For every scale, under three kinds of context:
 loss = cross-entropy to the ground-truth tokens, acc = argmax accuracy. Aggregates without a scale
 suffix average scales 2..N (scale 1 is predicted from the class token alone under every context)
 with token weights, and diag/gap/sf = diag/sf/loss - diag/tf/loss, diag/gap/ar = diag/ar/loss -
-diag/tf/loss are the headline train-test gaps. Tokens are drawn with the objective's `sampling`
-and `rollout`, so runs compared on these curves should share them.
+diag/tf/loss are the headline train-test gaps. Student tokens are drawn with `draw`: in training
+the run's probe sampler, on the probe batch, which every run of a comparison shares whatever its
+own objective, so that the curves of two runs mean the same thing.
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ def test_a_sweep_gives_one_child_run_per_trial_and_asha_stops_the_bad_one(tmp_pa
     # repeat of the first) can only start if the stopped trial released its worker. Each worker takes
     # both CPUs of the cluster, as on a 2-core laptop: a trial function holding any CPU would hang it.
     body = train_body(tokenizer_path, 6, "objective: {kind: sar}", "checkpoint: {every_steps: 6}",
-                      "log: {every_steps: 2}", f"eval: {EVAL}")
+                      "log: {every_steps: 2, diagnostics_every: 6}", f"eval: {EVAL}")
     path = spec(tmp_path, f"""
 kind: sweep
 name: asha
@@ -53,6 +53,7 @@ max_concurrent_trials: 1
     finished = [t for t in trials if t["status"] == "finished"]
     assert len(finished) == 2 and all({"fid", "is", "precision", "recall"} <= set(t) for t in finished)
     assert finished[0]["fid"] == pytest.approx(finished[1]["fid"])  # identical trials, identical results
+    assert all({"diag/gap/ar", "diag/ar/loss/s07", "diag/tf/loss/s07"} <= set(t) for t in finished)  # for comparisons
 
     runs = experiment_runs(mlflow_uri, "sweep-test")
     parent = next(r for r in runs if r.info.run_name == "asha")

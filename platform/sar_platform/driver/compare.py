@@ -8,20 +8,28 @@ and every other arm against the baseline arm as a difference with its 95% interv
     paired     the arms share seeds and their starting checkpoint: t-interval of the per-seed differences
     unpaired   Welch's interval of the two means
     one run    each: a - b ± 1.96 sqrt(se_a^2 + se_b^2), sample-draw noise only.
-A difference whose interval contains 0 is "within noise".
+A difference whose interval contains 0 is "within noise". Arms whose runs measured the train-test
+gap diagnostics (on the shared probe) also get the gap per scale, mean and 95% interval across seeds,
+as a table and a figure.
 
 Runs in the `sar` process.
 """
 from __future__ import annotations
 
 import math
+import re
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sar_core.eval import HEADLINE_METRICS
 from sar_core.eval.uncertainty import difference_of_two, excludes_zero, mean_ci, paired_difference, unpaired_difference
-from sar_platform.driver.report import DECIMALS, comparison_table, log_table
+from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, log_table
 from sar_platform.services.tracking import RunHandle, flatten, metric_key
 from sar_platform.spec.reads import read_spec
+
+GAP_CONTEXTS = ("sf", "ar")  # one-step student forcing, full rollout: each against diag/tf on the same probe
+PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")
 
 NOT_SETTINGS = ("name", "description", "tokenizer", "init_from", "kind", "storage.", "mlflow.", "log.", "checkpoint.")
 """Params that say where a run lives or what it logs, not what it trains: left out of "settings that differ"."""
@@ -156,6 +164,34 @@ class Comparison:
                     out[metric_key(f"diff/{name}/{k}")] = float(v)
         return out
 
+    def gaps(self) -> list[dict]:
+        """Per arm, student context and scale: the loss gap to teacher forcing on the probe
+        (diag/<context>/loss/sNN - diag/tf/loss/sNN), mean and 95% interval across seeds."""
+        out = []
+        for arm in self.arms:
+            scales = sorted({int(m.group(1)) for r in arm.results.values() for k in r if (m := PER_SCALE.match(k))})
+            for context in GAP_CONTEXTS:
+                for s in scales:
+                    tf, student = arm.values(f"diag/tf/loss/s{s:02d}"), arm.values(f"diag/{context}/loss/s{s:02d}")
+                    per_seed = [student[k] - tf[k] for k in student if k in tf]
+                    if per_seed:
+                        gap, half, n = mean_ci(per_seed)
+                        out.append({"arm": arm.name, "context": context, "scale": s, "gap": gap, "ci95": half, "n": n})
+        return out
+
+    def gap_cells(self) -> list[dict]:
+        """The headline gaps (scales 2..N, token-weighted) of every arm that has them, for the printed table."""
+        cells = []
+        for arm in self.arms:
+            row = {"arm": arm.name}
+            for context in GAP_CONTEXTS:
+                e = estimate(arm, f"diag/gap/{context}")
+                if not math.isnan(e.value):
+                    row[f"gap/{context}"] = e.cell("gap")
+            if len(row) > 1:
+                cells.append(row)
+        return cells
+
     def render(self) -> str:
         """The printed comparison: arms, differences against the baseline, and the verdicts."""
         metrics = self.metrics()
@@ -169,6 +205,10 @@ class Comparison:
                       **{m: difference(a, self.base(), m).cell(m, signed=True) for m in metrics}} for a in self.others()]
             text += ["", comparison_table(diffs, ["difference", *metrics]), "  (± 95% interval; * it excludes 0)", "",
                      *self.verdicts()]
+        if cells := self.gap_cells():
+            text += ["", comparison_table(cells, ["arm", *(f"gap/{c}" for c in GAP_CONTEXTS)]),
+                     "  (train-test gap on the probe, nats per token over scales 2..N: sf one-step student forcing, "
+                     "ar full rollout, each minus teacher forcing)"]
         return "\n".join(text)
 
     def log(self, handle: RunHandle) -> dict:
@@ -179,7 +219,11 @@ class Comparison:
         if diffs:
             log_table(handle, diffs, list(diffs[0]), "differences")
         handle.log_metrics(self.parent_metrics(), 0)
-        return {"comparison": rows, "differences": diffs, "verdicts": self.verdicts()}
+        if gaps := self.gaps():
+            log_table(handle, gaps, list(gaps[0]), "gaps")
+            with tempfile.TemporaryDirectory() as tmp:
+                handle.log_artifact(gap_figure(gaps, Path(tmp) / "gap_per_scale.png"), "figures")
+        return {"comparison": rows, "differences": diffs, "verdicts": self.verdicts(), "gaps": gaps}
 
 
 def step_arms(name: str, step, outputs: dict) -> list[Arm]:

@@ -36,6 +36,11 @@ def final_metrics(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k.removesuffix("_se") in HEADLINE_METRICS or k.startswith("fid_at/")}
 
 
+def final_diagnostics(metrics: dict) -> dict:
+    """The train-test-gap diagnostics (`diag/*`, measured on the probe) in a run's last report."""
+    return {k: v for k, v in metrics.items() if k.startswith("diag/") and isinstance(v, (int, float))}
+
+
 def headline_columns(rows: Sequence[dict], leading: Sequence[str]) -> list[str]:
     """The leading columns, then whichever of FID / IS / precision / recall (and their standard
     errors) the rows have."""
@@ -97,3 +102,40 @@ def log_sweep_figure(handle: RunHandle, rows, params, metric: str) -> None:
         path = metric_vs_params_figure(rows, params, metric, Path(tmp) / f"{metric.replace('/', '_')}_vs_params.png")
         if path is not None:
             handle.log_artifact(path, "figures")
+
+
+def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
+    """Fig. 8's question as curves: for every arm, the train-test gap at each scale (the student's
+    loss minus the teacher-forced loss on the same probe tokens), one panel per student context,
+    with its 95% interval across seeds where an arm has several."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    contexts = [c for c in ("sf", "ar") if any(g["context"] == c for g in gaps)]
+    if not contexts:
+        return None
+    titles = {"sf": "one-step student forcing (SSR)", "ar": "full rollout (inference)"}
+    arms = list(dict.fromkeys(g["arm"] for g in gaps))
+    fig, axes = plt.subplots(1, len(contexts), figsize=(5.2 * len(contexts), 3.6), squeeze=False)
+    for ax, context in zip(axes[0], contexts):
+        for i, arm in enumerate(arms):
+            points = sorted((g["scale"], g["gap"], g["ci95"]) for g in gaps if g["arm"] == arm and g["context"] == context)
+            if not points:
+                continue
+            xs, ys, half = zip(*points)
+            dodge = 0.06 * (i - (len(arms) - 1) / 2)  # arms with equal gaps stay visible side by side
+            ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if math.isnan(h) else h for h in half], marker="os^Dv"[i % 5],
+                        capsize=3, label=arm)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(titles[context], fontsize=10)
+        ax.set_xlabel("scale (tokens per side)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("loss gap to teacher forcing (nats)")
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle("train-test gap per scale on the probe (mean, 95% interval across seeds)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -348,7 +348,8 @@ def final_evaluation(t: Training, settings: LoopSettings, last: dict, handle: Ru
     if t.rank == 0:
         outbox.add(done, metrics)
         outbox.commit()  # the evaluation of a saved checkpoint is final: no later step can replace it
-        shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in HEADLINE_METRICS if k in metrics)
+        keys = [k for k in HEADLINE_METRICS if k in metrics] or sorted(metrics)  # a tokenizer has no FID
+        shown = "  ".join(f"{k.removeprefix('eval/')} {metrics[k]:.4g}" for k in keys if isinstance(metrics[k], (int, float)))
         print(f"[{t.task.name}] final evaluation at step {done}: {shown}", flush=True)
     ray.train.report(report)
     return report

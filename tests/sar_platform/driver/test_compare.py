@@ -68,3 +68,29 @@ def test_a_sweep_with_seeds_becomes_one_arm_per_configuration():
     (d,) = Comparison(arms, arms[0].name).differences()
     assert d["fid_diff"] == pytest.approx(1.0) and d["basis"] == "paired over 2 seeds" and d["fid_ci95"] == 0.0
     assert math.isnan(Comparison(arms[:1], None).rows()[0].get("fid_se", math.nan))  # two seeds: an interval, not an SE
+
+
+def with_gaps(a, tf_loss, ar_loss):
+    """Give every seed of `a` per-scale diagnostics: teacher-forced loss and full-rollout loss at scales 2 and 3."""
+    for seed, metrics in a.results.items():
+        for s, (tf, ar) in enumerate(zip(tf_loss, ar_loss), start=2):
+            metrics.update({f"diag/tf/loss/s{s:02d}": tf + seed, f"diag/ar/loss/s{s:02d}": ar + seed + 0.1 * seed})
+        metrics["diag/gap/ar"] = ar_loss[-1] - tf_loss[-1] + 0.1 * seed
+    return a
+
+
+def test_the_gap_per_scale_is_the_student_loss_minus_the_teacher_forced_loss_across_seeds(tmp_path):
+    from sar_platform.driver.report import gap_figure
+
+    tf = with_gaps(arm("tf", [20.0, 23.0, 26.0], kind="tf"), [1.0, 2.0], [1.5, 3.0])
+    sar = with_gaps(arm("sar", [19.0, 22.1, 24.9]), [1.1, 2.1], [1.3, 2.4])
+    no_diag = arm("pretrain", [21.0, 24.0, 27.0])
+    c = Comparison([no_diag, tf, sar], "tf")
+    gaps = {(g["arm"], g["context"], g["scale"]): g for g in c.gaps()}
+    assert set(gaps) == {(a, "ar", s) for a in ("tf", "sar") for s in (2, 3)}  # no sf measured, pretrain none
+    # per seed the gap is (ar + 1.1 seed) - (tf + seed) = base + 0.1 seed: mean base + 0.1, t-interval of 0, 0.1, 0.2
+    assert gaps["tf", "ar", 3]["gap"] == pytest.approx(1.1) and gaps["sar", "ar", 2]["gap"] == pytest.approx(0.3)
+    assert gaps["tf", "ar", 3]["ci95"] == pytest.approx(4.303 * 0.1 / 3 ** 0.5, rel=1e-3) and gaps["tf", "ar", 3]["n"] == 3
+    assert "gap/ar" in c.render() and "pretrain" not in c.render().split("gap/ar")[1]
+    assert gap_figure(c.gaps(), tmp_path / "gaps.png").stat().st_size > 0
+    assert Comparison([no_diag], None).gaps() == [] and gap_figure([], tmp_path / "none.png") is None

@@ -1,6 +1,8 @@
 """A pipeline end to end on real Ray and MLflow: tokenizer -> TF pretraining (2 DDP workers, random
 schedules) -> {TF-continue, SAR} from the same checkpoint -> comparison. One MLflow run per job,
 nested under the pipeline's run, with the spec, metrics, figures and checkpoint location."""
+import math
+
 import pytest
 
 from sar_core.checkpoint import load_model
@@ -91,6 +93,16 @@ def test_every_step_ran_and_the_comparison_has_the_four_metrics_with_their_error
     assert sar_vs_tf["fid_diff"] == pytest.approx(rows["sar"]["fid"] - rows["tf"]["fid"])
     assert sar_vs_tf["fid_ci95"] == pytest.approx(1.96 * (rows["sar"]["fid_se"] ** 2 + rows["tf"]["fid_se"] ** 2) ** 0.5)
     assert any(v.startswith("sar vs tf: FID") for v in outputs["verdicts"])
+
+
+def test_the_comparison_has_the_gap_per_scale_of_every_arm_that_measured_it(pipeline):
+    outputs, _, _ = pipeline
+    gaps = {(g["arm"], g["context"], g["scale"]): g for g in outputs["gaps"]}
+    assert {arm for arm, _, _ in gaps} == {"tf", "sar"}  # pretrain logged no diagnostics
+    assert set(gaps) == {(arm, c, s) for arm in ("tf", "sar") for c in ("sf", "ar") for s in (2, 3, 5, 7)}
+    sar_metrics = outputs["steps"]["sar"]["metrics"]
+    assert gaps["sar", "ar", 7]["gap"] == pytest.approx(sar_metrics["diag/ar/loss/s07"] - sar_metrics["diag/tf/loss/s07"])
+    assert gaps["sar", "ar", 7]["n"] == 1 and math.isnan(gaps["sar", "ar", 7]["ci95"])  # one seed: no interval
 
 
 def test_post_training_starts_from_the_pretrained_checkpoint(pipeline):
@@ -190,8 +202,9 @@ def test_a_train_run_carries_params_curves_metrics_tags_and_artifacts(pipeline):
         a.path for a in client.list_artifacts(sar.info.run_id, "eval/step_0000010")}
     assert "spec.yaml" in artifacts and "eval/step_0000010/provenance.json" in artifacts
     assert {f"figures/step_0000010/{f}" for f in ("samples_grid.png", "trajectory.png", "student_forcing.png")} <= artifacts
-    parent_artifacts = {a.path for a in client.list_artifacts(runs["mini"].info.run_id)}
-    assert {"comparison.md", "comparison.csv"} <= parent_artifacts
+    parent_artifacts = {a.path for a in client.list_artifacts(runs["mini"].info.run_id)} | {
+        a.path for a in client.list_artifacts(runs["mini"].info.run_id, "figures")}
+    assert {"comparison.md", "comparison.csv", "gaps.csv", "figures/gap_per_scale.png"} <= parent_artifacts
 
 
 def test_only_rank_0_logs_and_metrics_are_averaged_over_workers(pipeline):
