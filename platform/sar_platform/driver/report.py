@@ -113,7 +113,7 @@ def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    contexts = [c for c in ("sf", "ar") if any(g["context"] == c for g in gaps)]
+    contexts = list(dict.fromkeys(g["context"] for g in gaps))
     if not contexts:
         return None
     titles = {"sf": "one-step student forcing (SSR)", "ar": "full rollout (inference)"}
