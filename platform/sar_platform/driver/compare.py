@@ -24,12 +24,13 @@ from pathlib import Path
 
 from sar_core.eval import HEADLINE_METRICS
 from sar_core.eval.uncertainty import difference_of_two, excludes_zero, mean_ci, paired_difference, unpaired_difference
+from sar_core.objectives.metrics import scale_key
 from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, log_table
 from sar_platform.services.tracking import RunHandle, flatten, metric_key
 from sar_platform.spec.reads import read_spec
 
 GAP_CONTEXTS = ("sf", "ar")  # one-step student forcing, full rollout: each against diag/tf on the same probe
-PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")
+PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")  # the scales an arm measured (keys named by `scale_key`)
 
 NOT_SETTINGS = ("name", "description", "tokenizer", "init_from", "kind", "storage.", "mlflow.", "log.", "checkpoint.")
 """Params that say where a run lives or what it logs, not what it trains: left out of "settings that differ"."""
@@ -172,7 +173,8 @@ class Comparison:
             scales = sorted({int(m.group(1)) for r in arm.results.values() for k in r if (m := PER_SCALE.match(k))})
             for context in GAP_CONTEXTS:
                 for s in scales:
-                    tf, student = arm.values(f"diag/tf/loss/s{s:02d}"), arm.values(f"diag/{context}/loss/s{s:02d}")
+                    tf = arm.values(f"diag/tf/loss/{scale_key(s)}")
+                    student = arm.values(f"diag/{context}/loss/{scale_key(s)}")
                     per_seed = [student[k] - tf[k] for k in student if k in tf]
                     if per_seed:
                         gap, half, n = mean_ci(per_seed)
