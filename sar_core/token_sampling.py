@@ -149,25 +149,46 @@ def sample_tokens(
 ) -> torch.Tensor:
     """Draw one token per position: (B, l, V) logits -> (B, l) indices.
 
-    The same distribution as `filter_logits` then softmax, computed on the k survivors only (a
-    top-k selection instead of a full-vocabulary sort), and drawn as argmax(p / Exp(1)) noise, an
-    exact categorical draw that needs no cumulative sums over the vocabulary.
+    The distribution of `filter_logits` then softmax, drawn by inverting each position's CDF with
+    one uniform. With top-k it is computed on the k survivors of a top-k selection, which come
+    sorted, so the top-p nucleus is a prefix. With top-p alone no position is sorted unless it has
+    to be: a draw from the whole vocabulary is kept when the tokens more likely than it hold less
+    than top_p of the mass (it lies in the nucleus, so kept draws follow the nucleus distribution);
+    the positions whose draw fell outside (probability 1 - nucleus mass <= 1 - top_p) are drawn
+    again from their sorted nucleus, so every position follows it exactly.
     """
     V = logits_BlV.shape[-1]
     logits = logits_BlV.float()
     if temperature != 1.0:  # x / 1 is x: no pass over the logits for the common case
         logits = logits / temperature
-    use_p = 0.0 < top_p < 1.0
+    top_p = top_p if 0.0 < top_p < 1.0 else 0.0
     if 0 < top_k < V:
         logits, order = logits.topk(top_k, dim=-1)  # sorted, descending
-    elif use_p:
-        logits, order = logits.sort(dim=-1, descending=True)
-    else:
-        order = None
+        return order.gather(-1, sorted_draw(logits, top_p, generator)[..., None])[..., 0]
     probs = logits.softmax(dim=-1)
-    if use_p:  # logits are sorted: drop a token once the mass before it reaches top_p
-        before = probs.cumsum(dim=-1).sub_(probs)
-        probs.masked_fill_(before >= top_p, 0.0)
-    noise = torch.empty_like(probs).exponential_(generator=generator)
-    choice = probs.div_(noise).argmax(dim=-1)
-    return choice if order is None else order.gather(-1, choice[..., None])[..., 0]
+    choice = inverse_cdf_draw(probs, generator)
+    if not top_p:
+        return choice
+    likelier = probs.gt(probs.gather(-1, choice[..., None]))
+    outside = probs.mul_(likelier).sum(-1) >= top_p
+    if outside.any():
+        rows = outside.nonzero(as_tuple=True)
+        sorted_logits, order = logits[rows].sort(dim=-1, descending=True)
+        choice[rows] = order.gather(-1, sorted_draw(sorted_logits, top_p, generator)[..., None])[..., 0]
+    return choice
+
+
+def sorted_draw(sorted_logits: torch.Tensor, top_p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """Draw from logits sorted in descending order, cut to the top-p nucleus (0: no cut) -> positions."""
+    probs = sorted_logits.softmax(dim=-1)
+    if top_p:  # drop a token once the mass before it reaches top_p
+        probs.masked_fill_(probs.cumsum(dim=-1).sub_(probs) >= top_p, 0.0)
+    return inverse_cdf_draw(probs, generator)
+
+
+def inverse_cdf_draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One index per row of unnormalised probabilities: the first whose cumulative mass exceeds a
+    uniform draw times the total (float64 sums: a token's share is exact to ~1e-16)."""
+    cdf = probs.cumsum(dim=-1, dtype=torch.float64)
+    u = torch.rand(cdf.shape[:-1] + (1,), generator=generator, device=cdf.device, dtype=torch.float64)
+    return torch.searchsorted(cdf, u.mul_(cdf[..., -1:]), right=True)[..., 0].clamp_(max=probs.shape[-1] - 1)

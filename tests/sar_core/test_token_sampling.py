@@ -42,6 +42,20 @@ def test_sampling_draws_from_exactly_the_filtered_distribution():
     torch.testing.assert_close(empirical, expected, atol=4e-3, rtol=0)
 
 
+@pytest.mark.parametrize("top_p", [0.3, 0.8, 0.95])
+def test_top_p_alone_draws_exactly_the_nucleus_distribution_without_sorting_every_position(top_p):
+    # no top-k: draws from the whole vocabulary are kept inside the nucleus and the rest redrawn
+    # from it; at top_p 0.3 the most likely token (mass 0.34) is the nucleus and ~2/3 are redrawn
+    gen = torch.Generator().manual_seed(1)
+    row = torch.randn(8, generator=gen) * 1.5
+    row[[0, 5]] = float("-inf")  # tokens of probability 0, at the start and inside the vocabulary
+    idx = sample_tokens(row.expand(2, 100_000, 8), top_p=top_p, generator=gen)
+    empirical = torch.bincount(idx.flatten(), minlength=8).float() / idx.numel()
+    expected = filter_logits(row[None, None], 0, top_p).softmax(-1)[0, 0]
+    torch.testing.assert_close(empirical, expected, atol=4e-3, rtol=0)
+    assert empirical[[0, 5]].sum() == 0
+
+
 def test_the_flexvar_ramp_is_linear_up_to_ten_scales_and_keeps_rising_past_cfg_beyond():
     flexvar, linear = SamplingConfig(cfg=2.5, cfg_ramp="flexvar"), SamplingConfig(cfg=2.5, cfg_ramp="linear")
     for N in range(2, 11):
