@@ -6,12 +6,12 @@ objective kind, and its ratio to teacher forcing, as JSON.
 
 Targets (issue 10): SAR <= 2.0x the teacher-forcing step, the paper preset (whose CFG rollouts add a
 no-grad null-class pass over scales 1..N-1 and a top-p draw) <= 2.2x; at student_fraction 0.5,
-<= 1.6x. They are judged on the median over rounds of each round's ratio to that round's TF step
-(with quartiles), on CPU in process time, on GPU in wall time.
+<= 1.6x. They are judged on the median over rounds of each variant's ratio to the TF step timed
+just before it (with quartiles), on CPU in process time, on GPU in wall time.
 All variants share one model and optimizer (memory for one model; speed barely depends on the
-weights: only the few top-p draws that fall outside the nucleus are redrawn) and are timed
-round-robin, one step each per round, so that a shared machine's drifting speed hits every variant
-alike; process time ignores the slices other processes of a shared machine take. On CPU freed
+weights: only the few top-p draws that fall outside the nucleus are redrawn). Every round times
+each variant right after a TF step, so that a shared machine's drifting speed hits both alike;
+process time ignores the slices other processes of a shared machine take. On CPU freed
 memory stays in the process (`bench_core.keep_freed_memory`), so no step pays page faults for
 memory the step before it released. Batches are random tokens on the preset's fixed schedule.
 """
@@ -69,16 +69,15 @@ def make_step(config, gen, opt, batch, device, dtype):
 TARGETS = {"sar": 2.0, "paper": 2.2, "sar@0.5": 1.6, "paper@0.5": 1.6}
 
 
-def paired_ratio(times: list[float], tf_times: list[float]) -> dict[str, float]:
-    """Median and quartiles over rounds of a variant's step time over the same round's TF step."""
-    ratios = [t / t_tf for t, t_tf in zip(times, tf_times)]
+def ratio_summary(ratios: list[float]) -> dict[str, float]:
+    """Median and quartiles over rounds of a variant's step time over its paired TF step."""
     q1, median, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
     return {"median": round(median, 3), "q1": round(q1, 3), "q3": round(q3, 3)}
 
 
 def main(argv=None) -> dict:
     p = model_parser(__doc__)
-    p.add_argument("--rounds", type=int, default=15, help="timed round-robin rounds")
+    p.add_argument("--rounds", type=int, default=15, help="timed rounds (each: every variant after a TF step)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--only", default="", help="comma-separated variants to time (default: all; tf is always timed)")
     args = p.parse_args(argv)
@@ -100,20 +99,34 @@ def main(argv=None) -> dict:
     steps = {name: make_step(cfg, gen, opt, batch, device, args.dtype) for name, cfg in variants(hybrid_scale).items()
              if chosen is None or name in chosen}
 
+    # each round times every variant right after a TF step of its own: the pair sees the same
+    # machine speed, and the variant is judged on the median over rounds of its ratio to that step
     wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
-    for r in range(args.warmup + args.rounds):
-        for name, (fn, n) in steps.items():
-            t = time.process_time()
-            ms = time_calls(fn, steps=1, warmup=0, device=device) / n
-            if r >= args.warmup:
-                wall[name].append(ms)
-                cpu[name].append((time.process_time() - t) * 1000 / n)
+    pair_wall, pair_cpu = {name: [1.0] * args.rounds for name in steps}, {name: [1.0] * args.rounds for name in steps}
+
+    def timed(name: str, r: int) -> tuple[float, float]:
+        fn, n = steps[name]
+        t = time.process_time()
+        ms = time_calls(fn, steps=1, warmup=0, device=device) / n
+        ms_cpu = (time.process_time() - t) * 1000 / n
+        if r >= 0:
+            wall[name].append(ms)
+            cpu[name].append(ms_cpu)
+        return ms, ms_cpu
+
+    for r in range(-args.warmup, args.rounds):
+        if len(steps) == 1:
+            timed("tf", r)
+        for name in steps:
+            if name != "tf":
+                tf_ms, tf_cpu = timed("tf", r)
+                ms, ms_cpu = timed(name, r)
+                if r >= 0:
+                    pair_wall[name][r], pair_cpu[name][r] = ms / tf_ms, ms_cpu / tf_cpu
     median = {name: statistics.median(ts) for name, ts in wall.items()}
     cpu_median = {name: statistics.median(ts) for name, ts in cpu.items()}
-    # on CPU judged on process time (other processes of a shared machine inflate wall time), as the
-    # median of each round's ratio to that round's TF step: a machine's drifting speed cancels out
-    judged = cpu if device.type == "cpu" else wall
-    paired = {name: paired_ratio(judged[name], judged["tf"]) for name in judged}
+    # on CPU judged on process time: other processes of a shared machine inflate wall time
+    paired = {name: ratio_summary(r) for name, r in (pair_cpu if device.type == "cpu" else pair_wall).items()}
     tf = median["tf"]
     result = {
         "benchmark": "sar_core.objectives",
