@@ -2,6 +2,7 @@
 kernels run, and the platform's GPU path (TorchTrainer, nccl, bf16), written to one JSON file.
 
     python bench/gpu_check.py --out gpu_check.json     # one H100 / H200: under 8 minutes
+    python bench/gpu_check.py --out gpu_check.json --flexvar-repo ../FlexVAR  # and against the reference
     python bench/gpu_check.py --smoke --out smoke.json # CPU, tiny model, seconds: the script end to end
 
 Sections (each records its numbers or its error, so one failure does not hide the others; the exit
@@ -16,6 +17,9 @@ status is 1 when a section failed or a check did not hold):
              which raises if none of them can run.
   sampling   KV-cached generation (tokens and VQ decoding) with FlexVAR's evaluation sampler
              (flexvar_eval: CFG 2.5, top-k 900, top-p 0.95) and without guidance, at batch 64, 128, 256.
+  reference  with --flexvar-repo (a checkout of FlexVAR): the same sampling against the reference's
+             own code on the same weights, batch, settings and dtype (bench/reference_sampling.py):
+             speedup = reference time / ours, after checking that greedy decoding agrees.
   platform   `sar run` of a tiny train spec (SAR, paper preset) on one Ray Train worker with
              gpus_per_worker: 1 and precision bf16 (Ray Train gives GPU workers nccl), on synthetic
              Fashion-MNIST-format files: exit status, steps done, final loss, wall time.
@@ -49,6 +53,7 @@ import torch
 
 # run as a script, bench/ is on sys.path
 from bench_core import PRESETS, autocast, build, make_optimizer, peak_memory_mb, time_calls
+from reference_sampling import ReferenceRepoError, check_flexvar_repo, reference_section
 from sar_core import GeneratorConfig, MultiScaleVQ, SamplingConfig, ScaleSchedule, generate
 from sar_core.checkpoint import save_model
 from sar_core.objectives import ObjectiveConfig, TokenBatch, build_objective
@@ -72,9 +77,12 @@ SDPA_BACKENDS = {  # aten op the dispatcher picks -> backend
 
 SETTINGS = {  # what each mode runs: the full check on a GPU, a tiny one on CPU
     "gpu": dict(preset="d16", dtype="bf16", batch=24, steps=10, warmup=3, sample_batches=(64, 128, 256),
-                sample_steps=3, platform_steps=30, platform_timeout=300),
+                sample_steps=3, platform_steps=30, platform_timeout=300,
+                reference_model=dict(depth=16), reference_batches=(64, 128, 256)),
     "smoke": dict(preset="tiny", dtype="fp32", batch=4, steps=2, warmup=1, sample_batches=(4, 8),
-                  sample_steps=1, platform_steps=4, platform_timeout=240),
+                  sample_steps=1, platform_steps=4, platform_timeout=240,
+                  reference_model=dict(depth=2, width=128, num_heads=2, num_classes=10, vocab_size=1024),  # > top-k 900
+                  reference_batches=(2,)),
 }
 
 
@@ -310,8 +318,27 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gpu_check.json", help="the JSON file to write")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: checks the script, not the GPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: from its name)")
-    p.add_argument("--sections", default="train,attention,sampling,platform")
+    p.add_argument("--sections", default="train,attention,sampling,platform",
+                   help="comma-separated, of train, attention, sampling, reference, platform")
+    p.add_argument("--flexvar-repo", default=None,
+                   help="a checkout of jiaosiyu1999/FlexVAR: adds the `reference` section (sampling against its code)")
     args = p.parse_args(argv)
+    sections = {"train": train_section, "attention": attention_section, "sampling": sampling_section,
+                "reference": reference_section, "platform": platform_section}
+    chosen = args.sections.split(",")
+    unknown = [name for name in chosen if name not in sections]
+    if unknown:
+        p.error(f"--sections: unknown {', '.join(unknown)}; choose from {', '.join(sections)}")
+    flexvar_repo = None
+    if args.flexvar_repo is not None:
+        try:
+            flexvar_repo = check_flexvar_repo(args.flexvar_repo)
+        except ReferenceRepoError as e:
+            p.error(str(e))
+        if "reference" not in chosen:
+            chosen.insert(chosen.index("platform") if "platform" in chosen else len(chosen), "reference")
+    elif "reference" in chosen:
+        p.error("--sections reference needs --flexvar-repo PATH (a checkout of jiaosiyu1999/FlexVAR)")
     mode = "smoke" if args.smoke else "gpu"
     settings = SETTINGS[mode]
     device = torch.device("cpu" if args.smoke else "cuda")
@@ -325,7 +352,7 @@ def main(argv=None) -> int:
     preset = PRESETS[settings["preset"]]
     tok, gen = build(preset, device)
     ctx = {"settings": settings, "device": device, "gen": gen, "tok": tok, "schedule": preset["schedule"],
-           "peak": bf16_peak_tflops(device, args.peak_tflops)}
+           "peak": bf16_peak_tflops(device, args.peak_tflops), "flexvar_repo": flexvar_repo}
     t0 = time.perf_counter()
     result = {
         "benchmark": "gpu_check", "mode": mode, "torch": torch.__version__,
@@ -333,9 +360,7 @@ def main(argv=None) -> int:
         "bf16_peak_tflops": ctx["peak"], "preset": settings["preset"], "dtype": settings["dtype"],
         "generator_params": gen.num_parameters(), "schedule": str(preset["schedule"]), "train_batch": settings["batch"],
     }
-    sections = {"train": train_section, "attention": attention_section, "sampling": sampling_section,
-                "platform": platform_section}
-    for name in args.sections.split(","):
+    for name in chosen:
         run_section(name, sections[name], ctx, result)
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     checks = {f"{name}.{k}": v for name in sections if name in result for k, v in result[name].get("checks", {}).items()}

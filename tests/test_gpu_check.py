@@ -1,9 +1,11 @@
 """bench/gpu_check.py, the GPU check prepared for a GPU machine: it runs end to end in its CPU smoke
 mode and writes its JSON, and its model-FLOPs count is the one a FLOP counter measures."""
 import json
+import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -55,3 +57,30 @@ def test_the_platform_check_writes_a_valid_spec_and_readable_data(tmp_path):
                                          data=data, steps=30))
     job = load_job(spec)
     assert job.resources.gpus_per_worker == 1 and job.precision == "bf16" and job.objective.kind == "sar"
+
+
+def run_check(*args, timeout=60):
+    return subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_reference_comparison_refuses_a_missing_or_wrong_checkout_before_building_anything(tmp_path):
+    no_repo = run_check("--sections", "reference", "--out", str(tmp_path / "a.json"))
+    assert no_repo.returncode == 2 and "--flexvar-repo" in no_repo.stderr
+    (tmp_path / "not_flexvar" / "models").mkdir(parents=True)
+    (tmp_path / "not_flexvar" / "dist.py").write_text("")
+    wrong = run_check("--flexvar-repo", str(tmp_path / "not_flexvar"), "--out", str(tmp_path / "b.json"))
+    assert wrong.returncode == 2 and "not a FlexVAR checkout" in wrong.stderr and "models/flexvar.py" in wrong.stderr
+    unknown = run_check("--sections", "train,speed", "--out", str(tmp_path / "c.json"))
+    assert unknown.returncode == 2 and "unknown speed" in unknown.stderr
+    assert not any(tmp_path.glob("*.json"))
+
+
+@pytest.mark.skipif(not os.environ.get("FLEXVAR_REPO"), reason="needs a FlexVAR checkout in $FLEXVAR_REPO (none in CI: no network)")
+def test_against_the_reference_code_both_decode_the_same_tokens_and_both_are_timed(tmp_path):
+    out = tmp_path / "reference.json"
+    proc = run_check("--sections", "reference", "--flexvar-repo", os.environ["FLEXVAR_REPO"], "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reference = json.loads(out.read_text())["reference"]
+    assert reference["greedy_last_scale_agreement"] == 1.0
+    assert reference["batch_2"]["ours_ms"] > 0 and reference["batch_2"]["reference_ms"] > 0
