@@ -63,11 +63,11 @@ def import_reference(root: Path) -> tuple[type, dict]:
     return flexvar.FlexVAR, vq_llama.VQ_models
 
 
-def build_reference(root: Path, config, codebook_size: int, codebook_dim: int, schedule: ScaleSchedule, device):
+def build_reference(root: Path, config: GeneratorConfig, schedule: ScaleSchedule, device):
     """A randomly initialised reference generator and VQ-VAE (the reference's init rules), in eval mode."""
     FlexVAR, vq_models = import_reference(root)
     torch.manual_seed(0)
-    vq = vq_models["VQ-16"](codebook_size=codebook_size, codebook_embed_dim=codebook_dim)
+    vq = vq_models["VQ-16"](codebook_size=config.vocab_size, codebook_embed_dim=config.codebook_dim)
     model = FlexVAR(vae_local=vq, num_classes=config.num_classes, depth=config.depth, embed_dim=config.embed_dim,
                     num_heads=config.heads, attn_l2_norm=True, patch_nums=tuple(schedule.scales))
     model.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
@@ -109,7 +109,7 @@ def greedy_agreement(ref, ref_vq, gen, schedule: ScaleSchedule, batch: int, devi
 def reference_section(ctx) -> dict:
     s, device = ctx["settings"], ctx["device"]
     config, schedule = GeneratorConfig(**s["reference_model"]), FLEXVAR_256  # VQ-16 at 256 px: a 16x16 latent
-    ref, ref_vq = build_reference(ctx["flexvar_repo"], config, config.vocab_size, config.codebook_dim, schedule, device)
+    ref, ref_vq = build_reference(ctx["flexvar_repo"], config, schedule, device)
     tok = import_tokenizer(ref_vq.state_dict()).to(device).eval()
     gen = import_generator(ref.state_dict(), tok).to(device).eval()
     out = {"reference": str(ctx["flexvar_repo"]), "schedule": str(schedule), "dtype": s["dtype"],
