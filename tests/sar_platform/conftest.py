@@ -39,7 +39,14 @@ def tokenizer_path(tmp_path_factory) -> Path:
 
 
 GENERATOR_MODEL = "{depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}"
-EVAL = "{sampling: {cfg: 1.0, top_k: 0, top_p: 0.95}, metrics: {num_samples: 100, batch_size: 50, is_splits: 2}}"
+
+
+def eval_spec(num_samples: int = 100) -> str:
+    """The tests' evaluation section (flow-style YAML): unguided, nucleus sampling, a small sample."""
+    return f"{{sampling: {{cfg: 1.0, top_k: 0, top_p: 0.95}}, metrics: {{num_samples: {num_samples}, batch_size: 50, is_splits: 2}}}}"
+
+
+EVAL = eval_spec()
 
 
 def spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -56,4 +63,4 @@ def experiment_runs(uri: str, experiment: str):
     return [] if exp is None else client.search_runs([exp.experiment_id])
 
 
-__all__ = ["EVAL", "GENERATOR_MODEL", "REPO", "experiment_runs", "spec"]
+__all__ = ["EVAL", "GENERATOR_MODEL", "eval_spec", "REPO", "experiment_runs", "spec"]

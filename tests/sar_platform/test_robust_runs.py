@@ -25,7 +25,7 @@ from sar_platform.driver.session import JobFailed
 from sar_platform.runner import run_job
 from sar_platform.services.mlflow_server import ensure_server, stop_server
 from sar_platform.spec import load_located_job
-from tests.sar_platform.conftest import GENERATOR_MODEL, REPO, experiment_runs, spec
+from tests.sar_platform.conftest import GENERATOR_MODEL, REPO, eval_spec, experiment_runs, spec
 
 pytestmark = pytest.mark.ray
 SAR = [sys.executable, "-m", "sar_platform.cli"]
@@ -33,7 +33,7 @@ STEPS = 40
 CHECKPOINT_EVERY = 4
 # 500 samples: a final evaluation of several seconds, so that a worker kill sent once the final
 # checkpoint is registered lands inside it (at 100 samples it took 1.7 s and the kill could come after)
-EVAL = "{sampling: {cfg: 1.0, top_k: 0, top_p: 0.95}, metrics: {num_samples: 500, batch_size: 50, is_splits: 2}}"
+EVAL = eval_spec(num_samples=500)
 
 
 def train_spec(tmp_path: Path, name: str, mlflow_uri: str, tokenizer_path, *extra: str, steps: int = STEPS,
