@@ -191,7 +191,12 @@ def _load_restricted(path: Path) -> tuple[object, list[str]]:
             return torch.load(str(path), map_location="cpu", weights_only=True), unknown
     except FileNotFoundError:
         raise
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:  # a truncated file is an OSError
+    except pickle.UnpicklingError as e:
+        if blocked := re.search(r"GLOBAL (\S+) whose module \S+ is blocked", str(e)):
+            raise CheckpointError(f"{path}: its pickle calls {blocked.group(1)}, which a weights file never needs: "
+                                  "nothing of it was run or imported; do not load this file with weights_only=False") from None
+        raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint: {e}") from None
+    except (RuntimeError, EOFError, OSError) as e:  # a truncated file is an OSError
         raise CheckpointError(f"{path}: cannot be read as a weights-only PyTorch checkpoint: {e}") from None
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sar_core import GeneratorConfig, MultiScaleVQ, ScaleGenerator, ScaleSchedule, TokenizerConfig
+from tests.support.holds import Holds, session_holds
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,6 +19,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # kept between local runs, fresh in CI. Set before anything reads it, Ray workers included.
 os.environ.setdefault("SAR_DATA_CACHE", str(REPO / ".pytest_cache" / "d" / "sar-data-cache"))
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+SESSION_HOLDS = session_holds()  # before any Ray starts: its workers inherit the hold folder
 
 TINY_TOKENIZER = TokenizerConfig(
     image_size=28, in_channels=1, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
@@ -58,6 +60,12 @@ def fmnist_small():
     from sar_core.data.fashion_mnist import load_tensors
 
     return load_tensors("train", limit=2048), load_tensors("test", limit=512)
+
+
+@pytest.fixture
+def holds() -> Holds:
+    """Hold points every process of this session (Ray workers included) stops at when armed."""
+    return SESSION_HOLDS
 
 
 @pytest.fixture(scope="session")

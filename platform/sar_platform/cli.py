@@ -458,6 +458,18 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"sar {args.command}: {e}", file=sys.stderr)
         return EXIT_SPEC_ERROR
+    except Exception as e:
+        if not is_checkpoint_error(e):
+            raise
+        print(f"sar {args.command}: refused: {e}", file=sys.stderr)
+        return EXIT_SPEC_ERROR
+
+
+def is_checkpoint_error(error: Exception) -> bool:
+    """A checkpoint a command was given that is damaged, poisoned or of the wrong kind: bad input,
+    whichever command read it. (sar_core is imported only by the commands that read checkpoints.)"""
+    checkpoint = sys.modules.get("sar_core.checkpoint")
+    return checkpoint is not None and isinstance(error, checkpoint.CheckpointError)
 
 
 if __name__ == "__main__":

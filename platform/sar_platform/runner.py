@@ -20,7 +20,7 @@ from typing import Any
 from sar_platform import kinds
 from sar_platform.driver import embedded_ray
 from sar_platform.driver.placement import placement_problems
-from sar_platform.driver.run_lock import hold_runs
+from sar_platform.driver.run_lock import hold_runs, in_use, live_holder
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
 from sar_platform.services.ray_env import repository_runtime_env
@@ -77,6 +77,8 @@ def preflight(job, workspace: Workspace, resume: bool, locator: Locator | None =
     """Refuse to overwrite earlier work before anything expensive starts."""
     if not resume:
         existing = [n for n in job.run_names() if workspace.exists(workspace.run_dir(n))]
+        if live := [in_use(n, holder) for n in existing if (holder := live_holder(workspace, n))]:
+            raise SpecError(live)
         if existing:
             raise SpecError([
                 f"{workspace.run_dir(existing[0])} already exists: continue it with `sar run --resume`, "

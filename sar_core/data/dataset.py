@@ -13,6 +13,11 @@ import numpy as np
 import torch
 
 
+class DataDamagedError(ValueError):
+    """A data file that is there but cannot be read whole (truncated, corrupted): the message names
+    the file and how to get a good copy."""
+
+
 class SplitImages(Protocol):
     """One split of a data set at one model input size."""
 
@@ -36,7 +41,7 @@ class ImageDataset(Protocol):
 
     def check_available(self) -> None:
         """Raise FileNotFoundError (saying how to get the data) unless the data is on disk or will
-        be fetched on first use."""
+        be fetched on first use, and DataDamagedError for a file on disk that cannot be read whole."""
 
     def split_size(self, split: str) -> int: ...
 

@@ -18,11 +18,13 @@ tensors in [-1, 1] of shape (N, 1, size, size), where `size` is the tokenizer's 
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import struct
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from sar_core import paths
+from sar_core.data.dataset import DataDamagedError
 
 FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -110,17 +113,31 @@ _MAGIC = {name: (0x00000803 if "images" in name else 0x00000801) for pair in FIL
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    got, = struct.unpack(">I", data[:4])
+    stat = path.stat()
+    return _read_idx_version(path, magic, stat.st_mtime_ns, stat.st_size).copy()
+
+
+@functools.lru_cache(maxsize=8)
+def _read_idx_version(path: Path, magic: int, mtime_ns: int, size: int) -> np.ndarray:
+    """One version of an IDX file (checks and training read the same files: decompressed once)."""
+    def damaged(why: str) -> DataDamagedError:
+        return DataDamagedError(f"{path} is damaged: {why}. Replace it with a good copy "
+                                f"(the four files of one download or package).\n{HOW_TO_GET}")
+
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise damaged(f"{type(e).__name__}: {e}") from None
+    got, = struct.unpack(">I", data[:4].ljust(4, b"\0"))
     if got != magic:
-        raise ValueError(f"{path} is not an IDX file of the expected kind (magic {got:#x}, expected {magic:#x})")
+        raise damaged(f"not an IDX file of the expected kind (magic {got:#x}, expected {magic:#x})")
     ndim = magic & 0xFF
-    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim].ljust(4 * ndim, b"\0"))
+    arr = np.frombuffer(data, dtype=np.uint8, offset=min(len(data), 4 + 4 * ndim))
     if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{path} is truncated: header says {dims}, found {arr.size} values")
-    return arr.reshape(dims).copy()  # writable, detached from the decompressed buffer
+        raise damaged(f"truncated: its header says {dims}, it holds {arr.size} values")
+    return arr.reshape(dims)
 
 
 def load_arrays(split: Literal["train", "test"], root: str | Path | None = None, download: bool = False):
@@ -227,8 +244,10 @@ class FashionMNISTConfig:
         return find_root(self.root, self.download)
 
     def check_available(self) -> None:
-        if not self.download:  # with download, a miss is fetched on first use
-            find_root(self.root)
+        if self.download:  # a miss is fetched on first use
+            return
+        for split in FILES:  # every file read whole: a damaged one is named before anything starts
+            self.arrays(split)
 
     def arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
         return load_arrays(split, self.root, self.download)

@@ -1,5 +1,6 @@
 import argparse
 import math
+import os
 import pickle
 from collections import OrderedDict
 from pathlib import Path
@@ -188,6 +189,16 @@ class RunsCodeWhenUnpickled:
         return leave_mark, (self.marker,)
 
 
+class RunsCommandWhenUnpickled:
+    """A poisoned published file: unpickling would run a shell command through os.system."""
+
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
 def test_objects_of_unknown_types_are_skipped_unread_and_their_code_never_runs(small_reference_files, tmp_path):
     gen_path, vq_path, gen, _ = small_reference_files
     marker = tmp_path / "marker"
@@ -203,3 +214,19 @@ def test_objects_of_unknown_types_are_skipped_unread_and_their_code_never_runs(s
     (tmp_path / "broken.pth").write_bytes((tmp_path / "gen.pth").read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="broken.pth: cannot be read as a weights-only PyTorch checkpoint"):
         import_flexvar(tmp_path / "broken.pth", vq_path, tmp_path / "out2")
+
+
+def test_a_poisoned_published_file_is_refused_by_the_cli_with_exit_2_naming_file_and_type(
+        small_reference_files, tmp_path, capsys):
+    from sar_platform.cli import EXIT_SPEC_ERROR, main
+
+    _, vq_path, gen, _ = small_reference_files
+    marker = tmp_path / "marker"
+    torch.save({"trainer": {"var_wo_ddp": gen}, "payload": RunsCommandWhenUnpickled(f"touch {marker}")},
+               tmp_path / "poisoned.pth")
+    status = main(["import-flexvar", "--generator", str(tmp_path / "poisoned.pth"), "--vqvae", str(vq_path),
+                   "--out", str(tmp_path / "out"), "--image-size", "16"])
+    error = capsys.readouterr().err
+    assert status == EXIT_SPEC_ERROR and not marker.exists() and not (tmp_path / "out").exists()
+    assert error.startswith("sar import-flexvar: refused: ") and "poisoned.pth" in error and "calls posix.system" in error, error
+    assert "Traceback" not in error

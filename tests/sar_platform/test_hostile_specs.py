@@ -120,3 +120,28 @@ def test_sar_validate_checks_inputs_and_data_sizes_at_the_field_at_fault(tmp_pat
     (tmp_path / "spec.yaml").write_text(TRAIN_ON_DATA.format(tokenizer=tokenizer_path).replace("batch_size: 15", "batch_size: 12"))
     # a batch that does not split over the workers is refused when the spec is read (tests/sar_platform/test_spec.py)
     assert cli.main(["validate", str(tmp_path / "spec.yaml")]) == 0
+
+
+@pytest.mark.parametrize("damage", ["truncated train images", "bit-flipped test labels"])
+def test_a_damaged_data_file_is_named_by_validate_and_run_before_anything_starts(tmp_path, capsys, tokenizer_path, damage):
+    import shutil
+
+    from sar_core import paths
+
+    root = tmp_path / "fmnist"
+    shutil.copytree(paths.DEBIAN_FASHION_MNIST, root)
+    name = "train-images-idx3-ubyte.gz" if "train" in damage else "t10k-labels-idx1-ubyte.gz"
+    data = bytearray((root / name).read_bytes())
+    if "truncated" in damage:
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0x40
+    (root / name).write_bytes(bytes(data))
+    spec = TRAIN_ON_DATA.format(tokenizer=tokenizer_path).replace("data: {limit: 12}", f"data: {{root: {root}}}")
+    spec = spec.replace("resources: {num_workers: 3}", f"storage: {{path: {tmp_path / 'ws'}}}").replace("batch_size: 15", "batch_size: 4")
+    status, err = validate(tmp_path, spec, capsys)
+    assert status == 2 and f"data: {root / name} is damaged" in err and "Traceback" not in err, err
+    status = cli.main(["run", str(tmp_path / "spec.yaml")])
+    err = capsys.readouterr().err
+    assert status == 2 and f"{root / name} is damaged" in err, err
+    assert not (tmp_path / "ws").exists()  # refused before MLflow, Ray or the workspace started

@@ -9,9 +9,11 @@ import time
 from pathlib import Path
 
 from sar_platform.services.mlflow_server import ensure_server, state_file, stop_server
+from tests.support.holds import Holds
 
 START = "import sys, json; from sar_platform.services.mlflow_server import ensure_server; " \
         "info = ensure_server(sys.argv[1], port=0); print(json.dumps({'pid': info.pid, 'port': info.port}))"
+STARTED = "mlflow-server.started"  # the hold point between launching the server and its first answer
 
 
 def servers_of(root: Path) -> list[int]:
@@ -51,11 +53,13 @@ def test_two_jobs_starting_on_a_fresh_workspace_share_one_server(tmp_path):
 
 
 def test_an_interrupted_start_leaves_no_orphan_server(tmp_path):
-    # Ctrl-C while the server starts: the starting process stops it on its way out
-    root = tmp_path / "mlflow"
-    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True)
-    pid = wait_for(lambda: state_file(root).exists() and json.loads(state_file(root).read_text() or "{}").get("pid"),
-                   120, "the server was never started")
+    # Ctrl-C while the server starts (held after it is launched and recorded, before it answers):
+    # the starting process stops it on its way out
+    root, holds = tmp_path / "mlflow", Holds(tmp_path / "holds")
+    holds.arm(STARTED)
+    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True, env=holds.env)
+    holds.wait(STARTED, 120, alive=lambda: start.poll() is None)
+    pid = json.loads(state_file(root).read_text())["pid"]
     os.kill(start.pid, signal.SIGINT)
     start.wait(timeout=60)
     assert start.returncode != 0
@@ -63,9 +67,11 @@ def test_an_interrupted_start_leaves_no_orphan_server(tmp_path):
     assert servers_of(root) == [] and not state_file(root).exists()
 
     # SIGKILL while the server starts: nothing can stop it then, so the next start adopts it
-    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True)
-    pid = wait_for(lambda: state_file(root).exists() and json.loads(state_file(root).read_text() or "{}").get("pid"),
-                   120, "the server was never started")
+    holds.release(STARTED)
+    holds.arm(STARTED)
+    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True, env=holds.env)
+    holds.wait(STARTED, 120, alive=lambda: start.poll() is None)
+    pid = json.loads(state_file(root).read_text())["pid"]
     start.kill()
     start.wait()
     try:

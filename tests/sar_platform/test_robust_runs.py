@@ -4,7 +4,8 @@ Every interrupted run here is compared with one uninterrupted twin (`twin`, same
 count): killed and resumed — by Ctrl-C, SIGTERM, SIGKILL of the driver, SIGKILL of a worker, a
 damaged latest checkpoint, a failing final evaluation — it ends with the same weights and final
 metrics, and no training step reaches MLflow twice. Faults are injected by PID into processes the
-test started."""
+test started, at exact steps: the runs wait at hold points (tests/support/holds.py) while a
+fault is sent, so no run can finish before its fault arrives however fast the machine is."""
 import json
 import os
 import signal
@@ -31,9 +32,7 @@ pytestmark = pytest.mark.ray
 SAR = [sys.executable, "-m", "sar_platform.cli"]
 STEPS = 40
 CHECKPOINT_EVERY = 4
-# 500 samples: a final evaluation of several seconds, so that a worker kill sent once the final
-# checkpoint is registered lands inside it (at 100 samples it took 1.7 s and the kill could come after)
-EVAL = eval_spec(num_samples=500)
+EVAL = eval_spec()
 
 
 def train_spec(tmp_path: Path, name: str, mlflow_uri: str, tokenizer_path, *extra: str, steps: int = STEPS,
@@ -231,18 +230,23 @@ def damage(run_dir: Path, how: str) -> str:
 
 
 def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_like_the_uninterrupted_run(
-        tmp_path, mlflow_uri, tokenizer_path, twin):
+        tmp_path, mlflow_uri, tokenizer_path, twin, holds):
     path = train_spec(tmp_path, "resumable", mlflow_uri, tokenizer_path)
     run_dir = tmp_path / "ws" / "runs" / "resumable"
+    at_8, at_16 = "resumable.checkpoint-8", "resumable.checkpoint-16"
+    holds.arm(at_8, at_16)
 
     # 1. Ctrl-C: KILLED, exit 130, the way to continue printed. Meanwhile: a second `sar run` of the
-    #    same spec is refused naming the live one, and every listening socket of the job is on loopback.
+    #    same spec (with or without --resume) is refused naming the live one, and every listening
+    #    socket of the job is on loopback.
     first = Job(path)
     lock = tmp_path / "ws" / "locks" / "resumable.lock"
     wait_until(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), 300, "the run's lock", first)
     second = subprocess.run([*SAR, "run", str(path), "--resume"], cwd=tmp_path, capture_output=True, text=True)
     assert second.returncode == 2 and f"run resumable is in use by a live `sar run`: PID {first.pid}" in second.stderr
     wait_until(lambda: latest_step(run_dir) >= 4, 300, "the first checkpoint", first)
+    third = subprocess.run([*SAR, "run", str(path)], cwd=tmp_path, capture_output=True, text=True)  # not --resume
+    assert third.returncode == 2 and f"run resumable is in use by a live `sar run`: PID {first.pid}" in third.stderr
     job_processes = descendants(first.pid) | {first.pid}
     exposed = {pid: [a for a in addresses if not is_loopback(a)] for pid, addresses in sockets_of(job_processes).items()}
     exposed = {pid: a for pid, a in exposed.items() if a}
@@ -254,8 +258,10 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
                if command(p).startswith("ray::") and not command(p).startswith(("ray::DashboardAgent", "ray::RuntimeEnvAgent"))}
     workers = {p: env for p, env in workers.items() if env}  # still there
     assert workers and not [command(p) for p, env in workers.items() if env.get("MLFLOW_DISABLE_TELEMETRY") != "true"]
-    wait_until(lambda: latest_step(run_dir) >= 8, 300, "checkpoint 8", first)
+    holds.wait(at_8, 300, alive=lambda: first.poll() is None)
+    wait_until(lambda: latest_step(run_dir) == 8, 300, "checkpoint 8 registered", first)
     status, out = first.stop(signal.SIGINT)
+    holds.release(at_8)
     assert status == 130, out[-3000:]
     assert f"Continue with: sar run {path} --resume" in out and "MLflow runs marked KILLED: resumable" in out
     assert the_run(mlflow_uri, "resumable").info.status == "KILLED"
@@ -263,19 +269,24 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
     # 2. resumed, then SIGTERM (what `ray job stop` sends): KILLED, exit 143; its latest checkpoint
     #    then gets one flipped bit
     again = Job(path, "--resume")
-    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) >= 16, 300, "checkpoint 16", again)
+    holds.wait(at_16, 300, alive=lambda: again.poll() is None)
+    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == 16, 300, "checkpoint 16", again)
     status, out = again.stop(signal.SIGTERM)
+    holds.release(at_16)
     assert status == 143, out[-3000:]
     assert the_run(mlflow_uri, "resumable").info.status == "KILLED"
     flipped = damage(run_dir, "bit flip")
+    holds.arm(at_16)
 
     # 3. resumed from the checkpoint before the damaged one (reported, set aside), then SIGKILL of
     #    the driver alone: nothing can mark the run, and Ray's processes must still go with it
     again = Job(path, "--resume")
-    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) >= int(flipped[-8:]), 300,
+    holds.wait(at_16, 300, alive=lambda: again.poll() is None)
+    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == int(flipped[-8:]), 300,
                f"{flipped} trained again", again)
     job_processes = descendants(again.pid)
     _, out = again.stop(signal.SIGKILL)
+    holds.release(at_16)
     assert f"checkpoint {flipped} is damaged (generator.safetensors does not match its checksum" in out, out[-3000:]
     assert f"resuming from step {int(flipped[-8:]) - CHECKPOINT_EVERY}" in out and (run_dir / "damaged" / flipped).is_dir()
     wait_until(lambda: not [p for p in job_processes if command(p)], 45,
@@ -295,14 +306,15 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
 
 # -- workers: SIGKILL mid-training (retried), SIGKILL in the final evaluation (resumed) --------
 
-def kill_worker_when(condition, run_dir: Path, killed: list) -> threading.Thread:
+def kill_workers_at(point: str, holds, killed: list, ready=lambda: True) -> threading.Thread:
+    """Once a worker holds at `point` (and `ready()`): SIGKILL every train worker, then forget the point."""
     def watch():
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline and not condition(run_dir):
-            time.sleep(0.05)
+        holds.wait(point)
+        wait_until(ready, 300, f"the run's state at {point}")
         for pid in ray_processes("RayTrainWorker"):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
+        holds.release(point)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -310,18 +322,21 @@ def kill_worker_when(condition, run_dir: Path, killed: list) -> threading.Thread
 
 
 def test_a_killed_worker_resumes_exactly_and_a_failed_final_evaluation_reruns_alone(
-        tmp_path, ray_local, mlflow_uri, tokenizer_path, twin):
+        tmp_path, ray_local, mlflow_uri, tokenizer_path, twin, holds):
     path = train_spec(tmp_path, "worker-kills", mlflow_uri, tokenizer_path, "max_failures: 1")
     run_dir = tmp_path / "ws" / "runs" / "worker-kills"
     killed: list[int] = []
     # mid-training: Ray Train restarts the worker group from the latest checkpoint (max_failures: 1)
-    kill_worker_when(lambda d: (d / "checkpoint_00000012").exists(), run_dir, killed)
-    # in the final evaluation (the final checkpoint is registered): no retry is left, the run fails
+    # in the final evaluation (the final checkpoint is saved): no retry is left, the run fails
+    holds.arm("worker-kills.checkpoint-12", "worker-kills.final-evaluation")
+    mid_training = kill_workers_at("worker-kills.checkpoint-12", holds, killed)
     final = f"checkpoint_{STEPS:08d}"
-    evaluation_kill = kill_worker_when(lambda d: killed and latest_checkpoint(d) == final, run_dir, killed)
+    in_evaluation = kill_workers_at("worker-kills.final-evaluation", holds, killed,
+                                    ready=lambda: latest_checkpoint(run_dir) == final)  # registered by the driver
     with pytest.raises(JobFailed, match="worker-kills failed"):
         run_in_process(path)
-    evaluation_kill.join(timeout=60)
+    mid_training.join(timeout=60)
+    in_evaluation.join(timeout=60)
     assert len(killed) >= 2
     run = the_run(mlflow_uri, "worker-kills")
     assert run.info.status == "FAILED" and "fid" not in run.data.metrics
@@ -345,21 +360,24 @@ def free_port() -> int:
 
 
 def test_a_run_survives_its_mlflow_server_stopping_and_restarting_with_every_metric_arriving(
-        tmp_path, ray_local, tokenizer_path):
+        tmp_path, ray_local, tokenizer_path, holds):
     root, port = tmp_path / "mlflow", free_port()
     uri = ensure_server(root, port).uri
     path = train_spec(tmp_path, "server-away", uri, tokenizer_path, steps=12, evaluate=False)
     run_dir = tmp_path / "ws" / "runs" / "server-away"
     outage = []
 
-    def stop_and_restart():
-        wait_until(lambda: latest_checkpoint(run_dir) == "checkpoint_00000004", 600, "checkpoint 4")
+    def stop_and_restart():  # the server is away while steps 5-8 train and checkpoint 8 is saved
+        holds.wait("server-away.checkpoint-4")
         stop_server(root)
         outage.append(time.monotonic())
-        wait_until(lambda: latest_checkpoint(run_dir) == "checkpoint_00000008", 600, "checkpoint 8 without a server")
+        holds.release("server-away.checkpoint-4")
+        holds.wait("server-away.checkpoint-8")
         ensure_server(root, port)
         outage.append(time.monotonic())
+        holds.release("server-away.checkpoint-8")
 
+    holds.arm("server-away.checkpoint-4", "server-away.checkpoint-8")
     thread = threading.Thread(target=stop_and_restart, daemon=True)
     thread.start()
     try:
@@ -437,3 +455,14 @@ def test_a_non_finite_loss_fails_its_run_naming_the_step_and_a_sweep_with_a_fail
     runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "with-nan")}
     statuses = sorted(r.info.status for name, r in runs.items() if name != "with-nan")
     assert statuses == ["FAILED", "FINISHED"] and runs["with-nan"].info.status == "FAILED"
+
+
+# -- two jobs on one machine ------------------------------------------------------------------
+
+def test_two_jobs_at_once_on_one_machine_both_finish_without_a_traceback(tmp_path, mlflow_uri, tokenizer_path):
+    jobs = [Job(train_spec(tmp_path, name, mlflow_uri, tokenizer_path, steps=8, evaluate=False)) for name in ("left", "right")]
+    for job in jobs:
+        status = job.proc.wait(timeout=600)
+        job.reader.join(timeout=120)
+        assert status == 0, job.output()[-3000:]
+        assert "Traceback" not in job.output() and "multiple active Ray instances" not in job.output(), job.output()[-3000:]

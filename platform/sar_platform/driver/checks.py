@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from sar_core.checkpoint import CheckpointError, read_header
+from sar_core.data.dataset import DataDamagedError
 from sar_platform.services.storage import Workspace
 from sar_platform.spec.common import STEP_REF
 
@@ -48,7 +49,7 @@ def _check_data(data, field_: str, ctx: CheckContext, in_channels: int | None = 
     dataset = data.image_dataset()
     try:
         dataset.check_available()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, DataDamagedError) as e:
         ctx.problems.append(f"{field_}: {e}")
         return False
     if in_channels not in (None, dataset.channels):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+GCS_PORT_ENV = "RAY_GCS_SERVER_PORT"  # read by ray.init when it starts a cluster
 
 
 def keep_on_loopback() -> None:
@@ -42,13 +44,26 @@ def keep_on_loopback() -> None:
 
 def start(num_cpus: int | None, runtime_env: dict, **init_kwargs) -> subprocess.Popen:
     """`ray.init` a local cluster on loopback and start its reaper (returned: close its stdin to
-    shut Ray's leftovers down early; `stop` does both)."""
+    shut Ray's leftovers down early; `stop` does both).
+
+    The cluster's GCS port is chosen here and given to its workers as RAY_ADDRESS: Ray Train's
+    placement-group cleaner looks its cluster up through the state API, which otherwise scans the
+    machine and fails with "Found multiple active Ray instances" while another job runs."""
     import ray
 
     keep_on_loopback()
+    port = free_loopback_port()
+    os.environ[GCS_PORT_ENV] = str(port)
+    env_vars = {**runtime_env.get("env_vars", {}), "RAY_ADDRESS": f"{LOOPBACK}:{port}"}
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
-             runtime_env=runtime_env, **init_kwargs)
+             runtime_env={**runtime_env, "env_vars": env_vars}, **init_kwargs)
     return start_reaper(ray_processes())
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]
 
 
 def stop(reaper: subprocess.Popen | None) -> None:

@@ -41,6 +41,25 @@ def _holder(f) -> str:
     return f"PID {info.get('pid')} on {info.get('host')} (started {started}: {info.get('command', '?')})"
 
 
+def in_use(run_name: str, holder: str) -> str:
+    return (f"run {run_name} is in use by a live `sar run`: {holder}. Wait for it to finish or stop it "
+            f"(Ctrl-C there), then `sar run --resume`")
+
+
+def live_holder(workspace: Workspace, run_name: str) -> str | None:
+    """Who runs `run_name` right now (None: nobody)."""
+    path = lock_folder(workspace) / f"{run_name}.lock"
+    if not path.is_file():
+        return None
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(f)
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return None
+
+
 @contextmanager
 def _lock_one(path: Path, run_name: str):
     f = open(path, "a+")  # noqa: SIM115 — held for the with-block
@@ -48,8 +67,7 @@ def _lock_one(path: Path, run_name: str):
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SpecError([f"run {run_name} is in use by a live `sar run`: {_holder(f)}. Wait for it to finish or "
-                             f"stop it (Ctrl-C there), then `sar run --resume`"]) from None
+            raise SpecError([in_use(run_name, _holder(f))]) from None
         previous = _holder(f) if f.seek(0, os.SEEK_END) else None
         if previous is not None:
             print(f"[sar] run {run_name}: taking over the lock left by {previous}, which has ended", flush=True)

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sar_platform.services.hold_points import hold
+
 HOST = "127.0.0.1"
 
 
@@ -158,6 +160,7 @@ def _start(root: Path, port: int, deadline: float) -> ServerInfo:
     uri = f"http://{HOST}:{port}"
     try:
         state_file(root).write_text(json.dumps({"pid": proc.pid, "port": port}))
+        hold("mlflow-server.started")
         if _wait_healthy(uri, proc.pid, root, deadline, proc):
             return ServerInfo(uri, proc.pid, port, root)
         raise RuntimeError(f"the MLflow server did not answer on {uri} in time; see {root / 'server.log'}")

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from sar_core import paths
+from sar_platform.services.hold_points import ENV as HOLD_ENV
 
 # The MLflow client settings the `sar` process runs with (telemetry, HTTP retries) hold in workers too.
 MLFLOW_CLIENT_ENV_VARS = ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR",
@@ -27,7 +28,7 @@ def repository_runtime_env(repo: str | Path | None = None, env_vars: dict[str, s
     their own)."""
     # Plain prints from workers: Ray Train's print patch would show every progress line twice.
     env = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI", *MLFLOW_CLIENT_ENV_VARS) if forward else ():
+    for key in ("RAY_AUTH_MODE", *paths.DATA_ENV_VARS, "MLFLOW_TRACKING_URI", *MLFLOW_CLIENT_ENV_VARS, HOLD_ENV) if forward else ():
         if key in os.environ:
             env[key] = os.environ[key]
     env.update(env_vars or {})

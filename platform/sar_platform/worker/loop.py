@@ -37,6 +37,7 @@ import torch.nn as nn
 
 from sar_core.checkpoint import verify_checkpoint_folder, write_manifest
 from sar_core.eval import HEADLINE_METRICS
+from sar_platform.services.hold_points import hold
 from sar_platform.services.tracking import MetricOutbox, RunHandle
 from sar_platform.spec.train import OptimSpec
 from sar_platform.worker.evaluation import artifact_folder
@@ -328,6 +329,8 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
             outbox.add(done, report)
             print_progress(task.name, done, settings.steps, report, elapsed, done - s_last)
         report_to_ray(report, t, done, save, window, outbox)
+        if save:
+            hold(f"{task.name}.checkpoint-{done}")
         last = report
         t_last, s_last = time.perf_counter(), done
     if settings.eval_at_end:
@@ -343,6 +346,7 @@ def final_evaluation(t: Training, settings: LoopSettings, last: dict, handle: Ru
     """Evaluate the final weights (their checkpoint is already saved) and report the result with
     the last training metrics, so that Tune and its schedulers see one complete final result."""
     done = settings.steps
+    hold(f"{t.task.name}.final-evaluation")
     metrics = evaluate(t, done, True, settings.precision, handle)
     report = {**last, **metrics, "step": done}
     if t.rank == 0:
