@@ -27,26 +27,25 @@ import torch
 
 # run as a script, bench/ is on sys.path
 from bench_core import autocast, build, cpu_allocator, device_and_preset, make_optimizer, model_parser, peak_memory_mb, time_calls
-from sar_core.objectives import ObjectiveConfig, TokenBatch, build_objective
+from sar_core.objectives import OBJECTIVE_KINDS, OBJECTIVE_PRESETS, ObjectiveConfig, TokenBatch, build_objective
 
 
 def variants(hybrid_scale: int) -> dict[str, ObjectiveConfig]:
-    """Every kind; SAR with each sampling strategy, at student_fraction 1 and 0.5, and both presets."""
+    """Every kind of the table at its defaults; SAR with each sampling strategy, at student_fraction 1
+    and 0.5, every preset, and noisy context with the model's own draws."""
+    kind_settings = {"sf_hybrid": dict(hybrid_scale=hybrid_scale)}
+    kinds = {kind: ObjectiveConfig(kind=kind, **kind_settings.get(kind, {})) for kind in OBJECTIVE_KINDS}
+    presets = {name: ObjectiveConfig.from_preset(name) for name in OBJECTIVE_PRESETS}
     return {
-        "tf": ObjectiveConfig(),
-        "sar": ObjectiveConfig(kind="sar"),
+        **kinds,
         "sar@0.5": ObjectiveConfig(kind="sar", student_fraction=0.5),
         "sar_stochastic": ObjectiveConfig(kind="sar", sampling="stochastic"),
         "sar_cfg": ObjectiveConfig(kind="sar", sampling="cfg"),
         "sar_cfg@0.5": ObjectiveConfig(kind="sar", sampling="cfg", student_fraction=0.5),
         "sar_depth2": ObjectiveConfig(kind="sar", rollout_depth=2),
-        "paper": ObjectiveConfig.from_preset("paper"),
+        **presets,
         "paper@0.5": ObjectiveConfig.from_preset("paper", student_fraction=0.5),
-        "released_code": ObjectiveConfig.from_preset("released_code"),
-        "sf_full": ObjectiveConfig(kind="sf_full"),
-        "sf_alternate": ObjectiveConfig(kind="sf_alternate"),
-        "sf_interleave": ObjectiveConfig(kind="sf_interleave"),
-        "sf_hybrid": ObjectiveConfig(kind="sf_hybrid", hybrid_scale=hybrid_scale),
+        "noisy_context_model": ObjectiveConfig(kind="noisy_context", noise_source="model"),
     }
 
 

@@ -1,9 +1,11 @@
-"""What an objective consumes (a batch of ground-truth token maps) and returns (a loss and metrics)."""
+"""What an objective consumes (a batch of ground-truth token maps), what each kind's step starts
+from, and what it returns (a loss and metrics)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn as nn
 
 from sar_core.schedule import ScaleSchedule
 
@@ -37,6 +39,20 @@ class TokenBatch:
     def token_maps(self) -> list[torch.Tensor]:
         """Per-scale ground truth, flattened: (B, h_i * h_i) for every scale i."""
         return self.schedule.split(self.tokens)
+
+
+@dataclass(frozen=True)
+class StepInputs:
+    """What every objective kind's step starts from. `label_B` holds the labels after this step's
+    class dropout, drawn once and shared by every pass; `x_tf_BlCv` the teacher-forcing inputs
+    (the ground truth of scales 1..N-1, up-sampled to feed scales 2..N)."""
+
+    model: nn.Module
+    batch: TokenBatch
+    step: int
+    rng: torch.Generator | None
+    label_B: torch.Tensor
+    x_tf_BlCv: torch.Tensor
 
 
 @dataclass

@@ -7,16 +7,19 @@ path). Every field has a default; which fields a kind reads is `ObjectiveConfig.
 and `unread_fields()` says of every other one why it is not read (specs refuse such fields when
 they are written explicitly):
 
-    kind           tf | sar | sf_full | sf_alternate | sf_interleave | sf_hybrid
+    kind           a key of OBJECTIVE_KINDS (kinds.py): tf | sar | sf_* | noisy_context
     weighting      token | scale | dynamic   per-scale weights of every loss (all kinds)
     dynamic_momentum                         EMA decay of the running per-scale loss (weighting=dynamic)
-    sampling       argmax | stochastic | cfg how self-generated tokens are drawn (sar, sf_*, diagnostics)
+    sampling       argmax | stochastic | cfg how self-generated tokens are drawn (sar, sf_*, noisy_context
+                                             with noise_source model, diagnostics)
     rollout        SamplingConfig            top_k/top_p/temperature (stochastic, cfg), cfg/cfg_ramp (cfg)
     gamma, rollout_depth, csfl_target, csfl_scales, student_context, student_fraction    (sar)
     hybrid_scale   scale SIZE from which sf_hybrid student-forces ("Hybrid @ 8")       (sf_hybrid)
+    noise_rate, noise_source   input tokens replaced, and by what (random | model)  (noisy_context)
     preset         the name of the preset the values started from (a label recorded with runs)
 
-`OBJECTIVE_PRESETS` names the paper's equation-10 SAR and the released code's SAR.
+`OBJECTIVE_PRESETS` names the paper's equation-10 SAR, the released code's SAR, and the paper's SSR
+with the student graded on the ground truth (no CSFL).
 """
 from __future__ import annotations
 
@@ -25,18 +28,19 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
+from sar_core.objectives.kinds import KIND_FIELDS, OBJECTIVE_KINDS
+from sar_core.objectives.noisy_context import NOISE_SOURCES
 from sar_core.token_sampling import SamplingConfig
 
-Kind = Literal["tf", "sar", "sf_full", "sf_alternate", "sf_interleave", "sf_hybrid"]
+Kind = Literal[tuple(OBJECTIVE_KINDS)]  # the table's keys: an unknown kind fails validation
+NoiseSource = Literal[tuple(NOISE_SOURCES)]
 Weighting = Literal["token", "scale", "dynamic"]
 SamplingStrategy = Literal["argmax", "stochastic", "cfg"]
 CsflTarget = Literal["teacher_soft", "teacher_hard", "ground_truth"]
 CsflScales = Literal["all", "last", "random_one"]
 StudentContext = Literal["full", "single_scale"]
 
-_SAR_FIELDS = ("gamma", "rollout_depth", "csfl_target", "csfl_scales", "student_context", "student_fraction")
 _GUIDANCE_FIELDS = ("rollout.cfg", "rollout.cfg_ramp")
-_SCALES_WORDS = {"all": "all scales", "last": "the last scale", "random_one": "one random scale"}
 
 
 @dataclass(frozen=True)
@@ -53,12 +57,14 @@ class ObjectiveConfig:
     student_context: StudentContext = "full"
     student_fraction: float = 1.0
     hybrid_scale: int = 8
+    noise_rate: float = 0.1
+    noise_source: NoiseSource = "random"
     preset: str = ""
 
     def __post_init__(self):
         for name, choices in (("kind", Kind), ("weighting", Weighting), ("sampling", SamplingStrategy),
                               ("csfl_target", CsflTarget), ("csfl_scales", CsflScales),
-                              ("student_context", StudentContext)):
+                              ("student_context", StudentContext), ("noise_source", NoiseSource)):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {', '.join(get_args(choices))}; got {getattr(self, name)!r}")
         if isinstance(self.rollout, dict):  # plain-Python callers may pass the nested settings as a dict
@@ -69,6 +75,9 @@ class ObjectiveConfig:
         _check_int("hybrid_scale", self.hybrid_scale, 1)
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
             raise ValueError(f"gamma must be a finite number >= 0 (0 trains on L_TF alone); got {self.gamma}")
+        if not (math.isfinite(self.noise_rate) and 0.0 <= self.noise_rate < 1.0):
+            raise ValueError(f"noise_rate must be in [0, 1): the probability that each input token is replaced "
+                             f"(1 would leave no ground truth in the context); got {self.noise_rate}")
         if not 0.0 < self.student_fraction <= 1.0:
             raise ValueError(f"student_fraction must be in (0, 1]; got {self.student_fraction}")
         if not 0.0 <= self.dynamic_momentum < 1.0:
@@ -100,32 +109,29 @@ class ObjectiveConfig:
     def unread_fields(self) -> dict[str, str]:
         """Field path -> why this configuration's training step never reads it, and what would make
         it count. A path covers the fields below it (`rollout` covers `rollout.top_k`)."""
-        kind = self.kind
+        kind, spec = self.kind, OBJECTIVE_KINDS[self.kind]
         out = {}
         if self.weighting != "dynamic":
             out["dynamic_momentum"] = f"is only read with weighting: dynamic (here weighting: {self.weighting})"
-        if kind != "sf_hybrid":
-            out["hybrid_scale"] = f"is only read by kind: sf_hybrid (here kind: {kind})"
-        if kind != "sar":
-            out.update({f: f"is only read by kind: sar (here kind: {kind}; use kind: sar, or remove it)" for f in _SAR_FIELDS})
-        if kind == "tf":
-            why = "is not read by kind: tf: teacher forcing never draws tokens (use kind: sar or sf_*, or remove it)"
-            return {**out, "sampling": why, "rollout": why}
+        for name, readers in KIND_FIELDS.items():
+            if kind not in readers:
+                names = " or ".join(readers)
+                out[name] = f"is only read by kind: {names} (here kind: {kind}; use kind: {names}, or remove it)"
+        out.update(spec.unread_own(self))
+        why_no_draws = spec.unread_draws(self)
+        if why_no_draws is not None:
+            return {**out, "sampling": why_no_draws, "rollout": why_no_draws}
         return {**out, **unread_rollout_fields(self.sampling, self.rollout)}
 
     def summary(self) -> str:
         """One line saying what this objective is, e.g. "sar (paper preset), γ=1, cfg rollout, ..."."""
         head = self.kind + (f" ({self.preset} preset)" if self.preset else "")
-        parts = [head]
-        if self.kind == "sar":
-            parts += [f"γ={self.gamma:g}", f"{self.sampling} rollout" + (f" x{self.rollout_depth}" if self.rollout_depth > 1 else ""),
-                      f"CSFL {self.csfl_target} on {_SCALES_WORDS[self.csfl_scales]}"]
-            if self.student_context != "full" or self.student_fraction < 1:
-                parts.append(f"student {self.student_context}, fraction {self.student_fraction:g}")
-        elif self.kind != "tf":
-            parts.append(f"{self.sampling} rollout" + (f" from scale {self.hybrid_scale}" if self.kind == "sf_hybrid" else ""))
-        parts.append(f"{self.weighting} weighting")
-        return ", ".join(parts)
+        return ", ".join([head, *OBJECTIVE_KINDS[self.kind].describe(self), f"{self.weighting} weighting"])
+
+    def schedule_conflicts(self, last: int, where: str) -> list[tuple[str, str]]:
+        """(field, problem) for fields this kind cannot train with on schedules whose last scale is
+        `last` (at smallest; `where` says where that scale comes from, e.g. "schedule.scales, which ends")."""
+        return OBJECTIVE_KINDS[self.kind].schedule_conflicts(self, last, where)
 
 
 def unread_rollout_fields(sampling: str, rollout: SamplingConfig) -> dict[str, str]:
@@ -162,6 +168,10 @@ OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
         student_fraction=1.0,
     ),
 }
+# The paper's SAR with the student graded on the ground truth instead of the teacher (CE to f_i, as
+# naive student forcing and the paper's Algorithm 1, line 24, do): everything else as `paper`.
+# Against `paper` it isolates CSFL; against `tf` it measures SSR's exposure with ground-truth supervision.
+OBJECTIVE_PRESETS["ssr_no_csfl"] = {**copy.deepcopy(OBJECTIVE_PRESETS["paper"]), "csfl_target": "ground_truth"}
 
 
 def merge_preset(name: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -173,3 +173,12 @@ def sequential_rollout(
         uncond_i = None if uncond is None else uncond[:, last]
         tokens[i] = draw(cond[:, last], uncond_i, torch.full((sub.token_counts[i],), i, device=cond.device), N, rng)
     return tokens
+
+
+def teacher_draws(model: nn.Module, label_B: torch.Tensor, x_tf_BlCv: torch.Tensor, schedule: ScaleSchedule,
+                  draw: RolloutDraw, rng: torch.Generator | None = None) -> list[torch.Tensor]:
+    """Tokens drawn from a no-grad teacher-forced pass's predictions of scales 1..N-1: each map is
+    the model's own one-step guess of the ground-truth map at that place (they feed scales 2..N)."""
+    sub = prefix(schedule, len(schedule) - 1)
+    cond, uncond = predict(model, label_B, crop_inputs(x_tf_BlCv, sub), sub, draw.guided)
+    return draw_scales(draw, cond, uncond, sub, len(schedule), rng)

@@ -1,23 +1,30 @@
-"""Inputs of the naive student-forcing schedules of the paper's Table 3 (section 4.1).
+"""The naive student-forcing schedules of the paper's Table 3 (section 4.1), kinds `sf_*`.
 
-Each schedule only decides which token map feeds each scale; the objective then runs one
-differentiable pass on those inputs and grades every scale against the ground truth.
+Each schedule only decides which token map feeds each scale; the step then runs one
+differentiable pass on those inputs and grades every scale against the ground truth (`loss/sf`).
 
     sf_full        every scale from the model's own scale-by-scale rollout (inference conditions)
     sf_hybrid      scales smaller than `hybrid_scale` (a size) teacher-forced, the others predicted
                    from the model's own rollout, which starts from its prediction of the scale below
     sf_interleave  scales 1, 3, 5, .. (1-based) get teacher-forced inputs, scales 2, 4, 6, .. the
                    token drawn from a no-grad teacher pass's prediction of the scale below
-    sf_alternate   sf_full on odd steps, teacher forcing on even steps (in build.py)
+    sf_alternate   sf_full on odd steps, teacher forcing on even steps
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 
-from sar_core.objectives.rollout import RolloutDraw, crop_inputs, draw_scales, predict, prefix, sequential_rollout
+from sar_core.objectives.batch import ObjectiveOutput, StepInputs
+from sar_core.objectives.rollout import sequential_rollout, shifted_inputs, teacher_draws
+from sar_core.objectives.teacher_forcing import ground_truth_pass, teacher_forcing_step
 from sar_core.schedule import ScaleSchedule
+
+if TYPE_CHECKING:
+    from sar_core.objectives.build import Objective
+
+InputMaps = Callable[["Objective", StepInputs], list[torch.Tensor]]
 
 
 def hybrid_start(schedule: ScaleSchedule, hybrid_scale: int) -> int:
@@ -38,13 +45,50 @@ def interleaved_inputs(ground_truth: Sequence[torch.Tensor], drawn: Sequence[tor
     return [d if i % 2 == 0 else g for i, (g, d) in enumerate(zip(ground_truth, drawn))]
 
 
-def student_forced_inputs(kind: str, model, label_B: torch.Tensor, ground_truth: Sequence[torch.Tensor],
-                          x_tf_BlCv: torch.Tensor, schedule: ScaleSchedule, draw: RolloutDraw,
-                          hybrid_scale: int, rng: torch.Generator | None = None) -> list[torch.Tensor]:
-    """The N-1 token maps that feed scales 2..N under a naive student-forcing schedule."""
-    if kind == "sf_interleave":
-        sub = prefix(schedule, len(schedule) - 1)
-        cond, uncond = predict(model, label_B, crop_inputs(x_tf_BlCv, sub), sub, draw.guided)
-        return interleaved_inputs(ground_truth, draw_scales(draw, cond, uncond, sub, len(schedule), rng))
-    start = hybrid_start(schedule, hybrid_scale) if kind == "sf_hybrid" else 0
-    return sequential_rollout(model, label_B, ground_truth, schedule, start, draw, rng)
+def full_inputs(objective: Objective, s: StepInputs) -> list[torch.Tensor]:
+    return sequential_rollout(s.model, s.label_B, s.batch.token_maps(), s.batch.schedule, 0, objective.draw, s.rng)
+
+
+def hybrid_inputs(objective: Objective, s: StepInputs) -> list[torch.Tensor]:
+    start = hybrid_start(s.batch.schedule, objective.config.hybrid_scale)
+    return sequential_rollout(s.model, s.label_B, s.batch.token_maps(), s.batch.schedule, start, objective.draw, s.rng)
+
+
+def interleave_inputs(objective: Objective, s: StepInputs) -> list[torch.Tensor]:
+    drawn = teacher_draws(s.model, s.label_B, s.x_tf_BlCv, s.batch.schedule, objective.draw, s.rng)
+    return interleaved_inputs(s.batch.token_maps(), drawn)
+
+
+def student_forcing_step(inputs: InputMaps):
+    """The step of a schedule whose N-1 input maps (feeding scales 2..N) `inputs` chooses."""
+
+    def step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
+        maps = inputs(objective, s)
+        return ground_truth_pass("sf", objective, s, shifted_inputs(s.model, maps, s.batch.schedule))
+
+    return step
+
+
+sf_full_step = student_forcing_step(full_inputs)
+sf_hybrid_step = student_forcing_step(hybrid_inputs)
+sf_interleave_step = student_forcing_step(interleave_inputs)
+
+
+def sf_alternate_step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
+    return (teacher_forcing_step if s.step % 2 == 0 else sf_full_step)(objective, s)
+
+
+def describe_rollout(config) -> list[str]:
+    return [f"{config.sampling} rollout"]
+
+
+def describe_hybrid(config) -> list[str]:
+    return [f"{config.sampling} rollout from scale {config.hybrid_scale}"]
+
+
+def hybrid_schedule_conflicts(config, last: int, where: str) -> list[tuple[str, str]]:
+    """sf_hybrid needs every schedule to reach `hybrid_scale`."""
+    if config.hybrid_scale <= last:
+        return []
+    return [("hybrid_scale", f"{config.hybrid_scale} leaves no student-forced scale in {where} at {last}x{last}; "
+                             f"use a size <= {last}")]

@@ -12,7 +12,8 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from sar_core.data.shards import default_scales, select_scales
-from sar_core.objectives import ObjectiveConfig, ScaleWeighting, TokenBatch, build_objective
+from sar_core.objectives import (OBJECTIVE_KINDS, OBJECTIVE_PRESETS, ObjectiveConfig, ScaleWeighting, TokenBatch,
+                                 build_objective)
 from sar_core.schedule import ScaleSchedule
 
 SHORT = ScaleSchedule((1, 2, 4, 5))  # the tiny tokenizer's latent is 7x7
@@ -31,9 +32,8 @@ def test_shards_serve_a_short_schedule_with_each_scales_own_ground_truth(tokeniz
 
 
 @pytest.mark.parametrize("config", [
-    ObjectiveConfig(), ObjectiveConfig(kind="sar"), ObjectiveConfig.from_preset("paper"),
-    ObjectiveConfig.from_preset("released_code"), ObjectiveConfig(kind="sf_full"), ObjectiveConfig(kind="sf_interleave"),
-    ObjectiveConfig(kind="sf_hybrid", hybrid_scale=4), ObjectiveConfig(kind="sf_alternate"),
+    *(ObjectiveConfig(kind=kind, hybrid_scale=4) if kind == "sf_hybrid" else ObjectiveConfig(kind=kind) for kind in OBJECTIVE_KINDS),
+    *(ObjectiveConfig.from_preset(name) for name in OBJECTIVE_PRESETS),
 ], ids=lambda c: c.kind + ("" if c.weighting == "token" else f"-{c.weighting}") + f"-{c.csfl_target}")
 def test_every_objective_trains_on_a_schedule_that_ends_below_the_latent(generator_model, config):
     g = torch.Generator().manual_seed(0)

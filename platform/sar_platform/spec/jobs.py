@@ -178,11 +178,8 @@ class TrainJob(JobCommon):
         out = []
         if self.eval.evaluates:
             out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
-        last = self.schedule.smallest_last()
-        if self.objective.kind == "sf_hybrid" and self.objective.hybrid_scale > last:
-            where = "schedule draws that end" if self.schedule.random else "schedule.scales, which ends"
-            out.append((("objective", "hybrid_scale"), f"{self.objective.hybrid_scale} leaves no student-forced scale in "
-                                                       f"{where} at {last}x{last}; use a size <= {last}"))
+        where = "schedule draws that end" if self.schedule.random else "schedule.scales, which ends"
+        out += [(("objective", f), msg) for f, msg in self.objective.schedule_conflicts(self.schedule.smallest_last(), where)]
         if len(scales) < 2:
             out.append((("schedule", "scales"), "training needs at least two scales (the first is predicted from the class "
                                                 "token alone)"))
@@ -197,12 +194,6 @@ class TrainJob(JobCommon):
             raise ValueError("set model (to train from scratch) or init_from (a generator checkpoint to post-train)")
         if self.init_from is not None and self.model is not None:
             raise ValueError("init_from carries the model config: leave model out (or drop init_from)")
-        return self
-        last = self.schedule.smallest_last()
-        if self.objective.hybrid_scale > last:
-            raise ValueError(f"objective.hybrid_scale={self.objective.hybrid_scale} leaves no student-forced scale in "
-                             f"schedules that end at {last}x{last} (the smallest last scale of schedule "
-                             f"{'draws' if self.schedule.random else '.scales'}); use hybrid_scale <= {last}")
         return self
 
 

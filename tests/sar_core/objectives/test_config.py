@@ -15,7 +15,14 @@ def test_presets_name_the_paper_and_the_released_code():
     assert (code.kind, code.gamma, code.csfl_target, code.csfl_scales, code.student_context, code.weighting) == (
         "sar", 0.01, "teacher_hard", "last", "single_scale", "token")
     assert code.sampling == "cfg" and code.rollout == SamplingConfig(cfg=1.2, cfg_ramp="half_linear", top_k=900, top_p=0.96)
-    assert set(OBJECTIVE_PRESETS) == {"paper", "released_code"}
+
+
+def test_ssr_no_csfl_is_the_paper_preset_with_the_student_graded_on_the_ground_truth():
+    paper, ssr = OBJECTIVE_PRESETS["paper"], OBJECTIVE_PRESETS["ssr_no_csfl"]
+    assert {k for k in ssr if ssr[k] != paper[k]} == {"csfl_target"} and ssr["csfl_target"] == "ground_truth"
+    assert ObjectiveConfig.from_preset("ssr_no_csfl").summary() == (
+        "sar (ssr_no_csfl preset), γ=1, cfg rollout, CSFL ground_truth on all scales, dynamic weighting")
+    assert set(OBJECTIVE_PRESETS) == {"paper", "released_code", "ssr_no_csfl"}
 
 
 def test_preset_overrides_replace_fields_and_merge_rollout_key_by_key():

@@ -5,13 +5,13 @@ import re
 import pytest
 import torch
 
-from sar_core.objectives import ObjectiveConfig, build_objective
+from sar_core.objectives import OBJECTIVE_KINDS, ObjectiveConfig, build_objective
 from sar_core.schedule import ScaleSchedule, ScheduleDraw
 from sar_core.token_sampling import SamplingConfig
 
 from .conftest import Recorder, make_batch
 
-KINDS = ("tf", "sar", "sf_full", "sf_alternate", "sf_interleave", "sf_hybrid")
+KINDS = tuple(OBJECTIVE_KINDS)
 
 
 def step_results(model, config, batches):
@@ -49,12 +49,15 @@ ALTERNATIVES = {
     "weighting": "scale", "dynamic_momentum": 0.5, "gamma": 0.3, "sampling": ("argmax", "stochastic"),
     "rollout.cfg": 4.0, "rollout.cfg_ramp": "constant", "rollout.top_k": 2, "rollout.top_p": 0.3,
     "rollout.temperature": 0.3, "rollout_depth": 2, "csfl_target": "ground_truth", "csfl_scales": "all",
-    "student_context": "single_scale", "student_fraction": 0.5, "hybrid_scale": 2,
+    "student_context": "single_scale", "student_fraction": 0.5, "hybrid_scale": 2, "noise_rate": 0.3,
+    "noise_source": ("random", "model"),
 }
 LIVE_ROLLOUT = SamplingConfig(cfg=1.5, cfg_ramp="linear", top_k=0, top_p=0.0, temperature=1.0)
 BASES = [ObjectiveConfig(kind=k, weighting="dynamic", sampling="cfg", rollout=LIVE_ROLLOUT, csfl_scales="last",
                          hybrid_scale=3) for k in KINDS]
 BASES.append(dataclasses.replace(BASES[1], sampling="argmax"))  # rollout.* read by no argmax step
+BASES.append(dataclasses.replace(BASES[KINDS.index("noisy_context")], noise_source="model"))  # draws with the sampler
+BASE_IDS = [f"{b.kind}-{b.sampling}" + (f"-{b.noise_source}" if b.kind == "noisy_context" else "") for b in BASES]
 
 
 def with_field(config, name, value):
@@ -65,7 +68,7 @@ def with_field(config, name, value):
     return dataclasses.replace(config, **{name: value})
 
 
-@pytest.mark.parametrize("base", BASES, ids=[f"{b.kind}-{b.sampling}" for b in BASES])
+@pytest.mark.parametrize("base", BASES, ids=BASE_IDS)
 def test_every_field_a_kind_reads_changes_its_step_and_no_other_field_does(confident_model, schedule, base):
     batches = [make_batch(schedule, B=4, seed=s) for s in (0, 1)]
     reference = step_results(confident_model, base, batches)
