@@ -1,6 +1,8 @@
-"""A parent run's comparison: every arm with its uncertainty, the others against the baseline with
-intervals on the right basis (paired by seed from one checkpoint, unpaired otherwise, sample noise
-only for single runs), a verdict in words, and metrics the parent can log."""
+"""A parent run's comparison: every arm with its uncertainty, the compared pairs (against the
+baseline, or all) with intervals and p-values on the right basis (paired by seed from one
+checkpoint, unpaired otherwise, sample noise only for single runs), stars and verdicts that survive
+Holm's adjustment over the family shown, each arm at its own best guidance, and metrics the parent
+can log."""
 import math
 
 import pytest
