@@ -22,6 +22,9 @@ Across seeds: mean ± t_{0.975, n-1} · s / sqrt(n), and for paired arms (same s
 checkpoint, another objective) the same interval on the per-seed differences; arms that cannot be
 paired get Welch's interval. Two single runs can only be compared on their sample-draw noise:
 a - b ± 1.96 · sqrt(se_a^2 + se_b^2), which leaves out training noise.
+
+Each difference also gets the two-sided p-value of the same test (paired t, Welch t, normal z), so
+that a table of many differences can be adjusted for multiplicity (`holm`).
 """
 from __future__ import annotations
 
@@ -103,16 +106,23 @@ def paired_difference(arm: dict, baseline: dict, level: float = 0.95) -> tuple[f
     return mean_ci([arm[k] - baseline[k] for k in keys], level)
 
 
+def _welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """mean(a) - mean(b), its standard error and Welch's degrees of freedom (nan below two values a side)."""
+    d = float(a.mean() - b.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return d, math.nan, math.nan
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:
+        return d, 0.0, math.inf
+    return d, math.sqrt(va + vb), (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+
+
 def unpaired_difference(arm: Sequence[float], baseline: Sequence[float], level: float = 0.95) -> tuple[float, float, int]:
     """mean(arm) - mean(baseline) and its Welch t-interval (arms that share no seeds or checkpoint)."""
     a, b = np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
-    if len(a) < 2 or len(b) < 2:
-        return float(a.mean() - b.mean()) if len(a) and len(b) else math.nan, math.nan, min(len(a), len(b))
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    if va + vb == 0:
-        return float(a.mean() - b.mean()), 0.0, min(len(a), len(b))
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return float(a.mean() - b.mean()), float(scipy_stats.t.ppf(0.5 + level / 2, df) * math.sqrt(va + vb)), min(len(a), len(b))
+    d, se, df = _welch(a, b)
+    half = se if se == 0 or math.isnan(se) else float(scipy_stats.t.ppf(0.5 + level / 2, df) * se)
+    return d, half, min(len(a), len(b))
 
 
 def excludes_zero(mean: float, half_width: float) -> bool:
@@ -123,3 +133,45 @@ def excludes_zero(mean: float, half_width: float) -> bool:
 def difference_of_two(a: float, se_a: float, b: float, se_b: float, z: float = 1.96) -> tuple[float, float]:
     """a - b and its approximate 95% half-width from two independent standard errors."""
     return a - b, z * math.sqrt(se_a ** 2 + se_b ** 2)
+
+
+# -- p-values on the same bases as the intervals, and Holm's adjustment over a family ---------------
+
+def t_p_value(mean: float, standard_error: float, df: float) -> float:
+    """Two-sided p of `mean` under "the true value is 0", with a t of `df` degrees of freedom
+    (df = inf: the normal); a zero standard error gives 0 (any nonzero mean) or 1; nan when unknown."""
+    if math.isnan(mean) or math.isnan(standard_error) or math.isnan(df):
+        return math.nan
+    if standard_error == 0:
+        return 1.0 if mean == 0 else 0.0
+    return float(2 * scipy_stats.t.sf(abs(mean / standard_error), df))
+
+
+def paired_p_value(arm: dict, baseline: dict) -> float:
+    """p of the paired t-test of arm[k] - baseline[k] over the keys both have (`paired_difference`'s basis)."""
+    d = np.asarray([arm[k] - baseline[k] for k in arm if k in baseline], dtype=np.float64)
+    if len(d) < 2:
+        return math.nan
+    return t_p_value(float(d.mean()), float(d.std(ddof=1) / math.sqrt(len(d))), len(d) - 1)
+
+
+def welch_p_value(arm: Sequence[float], baseline: Sequence[float]) -> float:
+    """p of Welch's t-test of mean(arm) - mean(baseline) (`unpaired_difference`'s basis)."""
+    return t_p_value(*_welch(np.asarray(arm, dtype=np.float64), np.asarray(baseline, dtype=np.float64)))
+
+
+def normal_p_value(a: float, se_a: float, b: float, se_b: float) -> float:
+    """p of the z-test of a - b from two independent standard errors (`difference_of_two`'s basis)."""
+    return t_p_value(a - b, math.sqrt(se_a ** 2 + se_b ** 2), math.inf)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the given order: the j-th smallest of the m finite p
+    becomes max over i <= j of min(1, (m - i + 1) p_(i)). A cell is significant at level a over the
+    family iff its adjusted p < a (family-wise error <= a). nan stays nan and is not counted in m."""
+    finite = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m, out, running = len(finite), [math.nan] * len(p_values), 0.0
+    for j, (p, i) in enumerate(finite):
+        running = max(running, min(1.0, (m - j) * p))
+        out[i] = running
+    return out

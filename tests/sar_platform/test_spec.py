@@ -163,6 +163,19 @@ def test_pipeline_references_must_name_earlier_steps(tmp_path):
     assert "steps.train.tokenizer: step:tok does not name an earlier step" in problem
 
 
+def test_a_pipeline_compares_against_its_baseline_or_every_pair(tmp_path):
+    step = "{kind: train, tokenizer: t.safetensors, init_from: g.safetensors, schedule: {scales: [1, 2, 3]}, optim: {steps: 4}}"
+    text = f"kind: pipeline\nname: p\nsteps:\n  a: {step}\n  b: {step}\ncompare: [a, b]\n"
+    assert load_job(write(tmp_path, text)).pairs == "baseline"
+    assert load_job(write(tmp_path, text + "pairs: all\n")).pairs == "all"
+    (problem,) = errors(tmp_path, text + "pairs: some\n")
+    assert ":7:" in problem and "pairs: Input should be 'baseline' or 'all'" in problem
+    (problem,) = errors(tmp_path, text + "baseline: a\npairs: all\n")
+    assert "pairs: all compares every pair, so baseline: 'a' would not be read" in problem
+    (problem,) = errors(tmp_path, text.replace("compare: [a, b]", "pairs: all"))
+    assert "pairs: is only read with compare" in problem
+
+
 def test_cli_validate_exits_2_with_located_errors_and_touches_nothing(tmp_path):
     spec = write(tmp_path, TRAIN.replace("depth: 2", "depth: two"))
     out = subprocess.run([*SAR, "run", str(spec)], cwd=tmp_path, capture_output=True, text=True)

@@ -4,12 +4,16 @@ An arm is one configuration: a pipeline step, or one configuration of a sweep, w
 metrics per training seed. Each arm is reported as
     one run:   the metric and its bootstrap standard error (sample-draw noise only)
     n seeds:   the mean and its 95% t-interval across seeds (training and sample noise)
-and every other arm against the baseline arm as a difference with its 95% interval:
-    paired     the arms share seeds and their starting checkpoint: t-interval of the per-seed differences
-    unpaired   Welch's interval of the two means
-    one run    each: a - b ± 1.96 sqrt(se_a^2 + se_b^2), sample-draw noise only.
-A difference whose interval contains 0 is "within noise". Arms whose runs measured the train-test
-gap diagnostics (on the shared probe) also get the gap per scale, mean and 95% interval across seeds,
+and the compared pairs (every arm against the baseline, or every pair) as differences with their
+95% interval and the p-value of the same test:
+    paired     the arms share seeds and their starting checkpoint: t on the per-seed differences
+    unpaired   Welch's t on the two means
+    one run    each: a - b ± 1.96 sqrt(se_a^2 + se_b^2), z-test, sample-draw noise only.
+The intervals are unadjusted; the stars, "beyond the noise" and the verdicts use Holm-adjusted p
+over the family of differences shown (every headline metric x every compared pair, cells with a
+test). Arms evaluated over a guidance grid stand at their own best guidance (driver/guidance.py)
+and get their metric-against-guidance curves. Arms whose runs measured the train-test gap
+diagnostics (on the shared probe) also get the gap per scale, mean and 95% interval across seeds,
 as a table and a figure.
 
 Runs in the `sar` process.
@@ -23,12 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sar_core.eval import HEADLINE_METRICS
-from sar_core.eval.uncertainty import difference_of_two, excludes_zero, mean_ci, paired_difference, unpaired_difference
+from sar_core.eval.uncertainty import (difference_of_two, holm, mean_ci, normal_p_value, paired_difference,
+                                       paired_p_value, unpaired_difference, welch_p_value)
 from sar_core.objectives.metrics import scale_key
-from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, log_table
+from sar_platform.driver.guidance import at_best_guidance, grid, report_key
+from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, guidance_figure, log_table
 from sar_platform.services.tracking import RunHandle, flatten, metric_key
 from sar_platform.spec.reads import read_spec
 
+ALPHA = 0.05  # family-wise error rate of the Holm-adjusted stars and verdicts
+GAUGES = ("diag/gap/sf", "diag/gap/ar")
+"""The gauges the comparison shows, per arm (mean and 95% interval across seeds): estimates, not
+differences, so they are not in the Holm family."""
 GAP_CONTEXTS = ("sf", "ar")  # one-step student forcing, full rollout: each against diag/tf on the same probe
 PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")  # the scales an arm measured (keys named by `scale_key`)
 
@@ -54,6 +64,7 @@ class Estimate:
     half_width: float  # 95%; nan when unknown
     n: int
     basis: str  # "SE" (one run: half_width is the standard error), "CI" (seeds), or a difference's basis
+    p: float = math.nan  # a difference's two-sided p-value on the same basis (unadjusted)
 
     def cell(self, metric: str, signed: bool = False) -> str:
         d = DECIMALS.get(metric, 3)
@@ -64,8 +75,7 @@ class Estimate:
             return value
         if self.basis == "SE":
             return f"{value} (SE {self.half_width:.{d}f})"
-        mark = " *" if signed and excludes_zero(self.value, self.half_width) else ""
-        return f"{value} ± {self.half_width:.{d}f}{mark}"
+        return f"{value} ± {self.half_width:.{d}f}"
 
 
 def estimate(arm: Arm, metric: str) -> Estimate:
@@ -82,12 +92,17 @@ def difference(arm: Arm, base: Arm, metric: str) -> Estimate:
     if len(a) == 1 and len(b) == 1:
         ea, eb = estimate(arm, metric), estimate(base, metric)
         d, half = difference_of_two(ea.value, ea.half_width, eb.value, eb.half_width)
-        return Estimate(d, half, 1, "one run each: sample-draw noise only")
+        p = normal_p_value(ea.value, ea.half_width, eb.value, eb.half_width)
+        return Estimate(d, half, 1, "one run each: sample-draw noise only", p)
     if arm.start == base.start and len(a.keys() & b.keys()) >= 2:
         d, half, n = paired_difference(a, b)
-        return Estimate(d, half, n, f"paired over {n} seeds")
+        return Estimate(d, half, n, f"paired over {n} seeds", paired_p_value(a, b))
     d, half, n = unpaired_difference(list(a.values()), list(b.values()))
-    return Estimate(d, half, n, "unpaired (Welch)")
+    return Estimate(d, half, n, "unpaired (Welch)", welch_p_value(list(a.values()), list(b.values())))
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'s' * (n != 1)}"
 
 
 def differing_settings(arms: list[Arm]) -> list[str]:
@@ -95,10 +110,23 @@ def differing_settings(arms: list[Arm]) -> list[str]:
     return [k for k in keys if len({a.settings.get(k) for a in arms}) > 1]
 
 
+PAIRINGS = {  # the spec's `pairs:` -> (arms, baseline arm) -> the (arm, reference) pairs differenced
+    "baseline": lambda arms, base: [(a, base) for a in arms if a is not base] if base is not None else [],
+    "all": lambda arms, base: [(later, earlier) for i, earlier in enumerate(arms) for later in arms[i + 1:]],
+}
+
+
 @dataclass
 class Comparison:
-    arms: list[Arm]
-    baseline: str | None  # the arm the others are compared against
+    arms: list[Arm]  # arms with a guidance grid are replaced by their views at their own best guidance
+    baseline: str | None  # the arm the others are compared against (pairs="baseline")
+    pairs: str = "baseline"  # a PAIRINGS key: every other arm against the baseline, or every pair
+    guidance: dict[str, str] = field(init=False)  # arm name -> the guidance it is reported at (arms with a grid)
+
+    def __post_init__(self):
+        if self.pairs not in PAIRINGS:
+            raise ValueError(f"pairs: {self.pairs!r} is not one of {', '.join(map(repr, PAIRINGS))}")
+        self.arms, self.guidance = at_best_guidance(self.arms)
 
     def metrics(self) -> list[str]:
         return [m for m in HEADLINE_METRICS if any(a.values(m) for a in self.arms)]
@@ -109,6 +137,10 @@ class Comparison:
     def others(self) -> list[Arm]:
         return [a for a in self.arms if a is not self.base()] if self.base() is not None else []
 
+    def compared_pairs(self) -> list[tuple[Arm, Arm]]:
+        """(arm, reference) of every difference shown."""
+        return PAIRINGS[self.pairs](self.arms, self.base())
+
     def rows(self) -> list[dict]:
         """One row per arm: its name, what it is, each metric with its uncertainty (`_se` for one
         run, `_ci95` across seeds) and the settings that differ between arms."""
@@ -116,6 +148,8 @@ class Comparison:
         out = []
         for arm in self.arms:
             row = {"arm": arm.name, "n": max(1, len(arm.results)), "what": arm.summary}
+            if self.guidance:
+                row["cfg"] = self.guidance.get(arm.name, "-")
             for m in self.metrics():
                 e = estimate(arm, m)
                 row.update({m: e.value, f"{m}_{'se' if e.basis == 'SE' else 'ci95'}": e.half_width})
@@ -124,30 +158,44 @@ class Comparison:
         return out
 
     def differences(self) -> list[dict]:
-        """Every other arm against the baseline: per metric the difference, its 95% half-width,
-        whether the interval excludes 0, and the basis of the interval."""
-        out = []
-        for arm in self.others():
-            row = {"difference": f"{arm.name} - {self.baseline}"}
+        """Every compared pair: per metric the difference, its unadjusted 95% half-width, its p-value,
+        the Holm-adjusted p over the whole family, whether that is below ALPHA ("beyond the noise"),
+        and the basis of the test."""
+        out, family = [], []
+        for arm, ref in self.compared_pairs():
+            row = {"difference": f"{arm.name} - {ref.name}"}
             for m in self.metrics():
-                e = difference(arm, self.base(), m)
-                row.update({f"{m}_diff": e.value, f"{m}_ci95": e.half_width,
-                            f"{m}_beyond_noise": excludes_zero(e.value, e.half_width), "basis": e.basis})
+                e = difference(arm, ref, m)
+                row.update({f"{m}_diff": e.value, f"{m}_ci95": e.half_width, f"{m}_p": e.p,
+                            f"{m}_p_holm": math.nan, f"{m}_beyond_noise": False, "basis": e.basis})
+                family.append((row, m))
             out.append(row)
+        for (row, m), adjusted in zip(family, holm([row[f"{m}_p"] for row, m in family])):
+            row[f"{m}_p_holm"], row[f"{m}_beyond_noise"] = adjusted, adjusted < ALPHA
         return out
 
+    def family(self, diffs: list[dict]) -> str:
+        """How many comparisons the adjustment covers: the cells of `diffs` that have a test."""
+        tested = sum(not math.isnan(r[f"{m}_p"]) for r in diffs for m in self.metrics())
+        return f"Holm-adjusted over {plural(tested, 'comparison')}"
+
     def verdicts(self) -> list[str]:
-        """One plain sentence per compared arm on whether its FID differs from the baseline's beyond noise."""
-        lines = []
-        for row, arm in zip(self.differences(), self.others()):
+        """One plain sentence per compared pair on whether their FIDs differ beyond the noise, after Holm."""
+        lines, diffs = [], self.differences()
+        for row, (arm, ref) in zip(diffs, self.compared_pairs()):
             if "fid_diff" not in row or math.isnan(row["fid_ci95"]):
                 continue
-            a, b = estimate(arm, "fid").value, estimate(self.base(), "fid").value
+            a, b = estimate(arm, "fid").value, estimate(ref, "fid").value
             side = "lower" if row["fid_diff"] < 0 else "higher"
-            verdict = ("a difference beyond the noise" if row["fid_beyond_noise"] else
-                       "within the noise: these runs cannot tell them apart")
-            lines.append(f"{arm.name} vs {self.baseline}: FID {a:.2f} vs {b:.2f}, {abs(row['fid_diff']):.2f} {side} "
-                         f"± {row['fid_ci95']:.2f} (95%, {row['basis']}) - {verdict}.")
+            if row["fid_beyond_noise"]:
+                verdict = "a difference beyond the noise"
+            elif row["fid_p"] < ALPHA:
+                verdict = "within the noise once the other comparisons are accounted for (unadjusted p < 0.05)"
+            else:
+                verdict = "within the noise: these runs cannot tell them apart"
+            lines.append(f"{arm.name} vs {ref.name}: FID {a:.2f} vs {b:.2f}, {abs(row['fid_diff']):.2f} {side} "
+                         f"± {row['fid_ci95']:.2f} (unadjusted 95%, {row['basis']}; p = {row['fid_p']:.2g}, "
+                         f"{self.family(diffs)}: p = {row['fid_p_holm']:.2g}) - {verdict}.")
         return lines
 
     def parent_metrics(self) -> dict[str, float]:
@@ -161,8 +209,24 @@ class Comparison:
         for row in self.differences():
             name = row["difference"].replace(" - ", "-")
             for k, v in row.items():
-                if k.endswith(("_diff", "_ci95", "_beyond_noise")) and not (isinstance(v, float) and math.isnan(v)):
+                recorded = k.endswith(("_diff", "_ci95", "_p", "_p_holm", "_beyond_noise"))
+                if recorded and not (isinstance(v, float) and math.isnan(v)):
                     out[metric_key(f"diff/{name}/{k}")] = float(v)
+        out.update({metric_key(f"compare/{arm}/cfg"): float(g) for arm, g in self.guidance.items()})
+        return out
+
+    def guidance_curves(self) -> list[dict]:
+        """Per arm with a guidance grid, guidance value and metric: the report-set value, mean and
+        95% interval across seeds (`ci95`), or one run's bootstrap standard error (`se`)."""
+        out = []
+        for arm in self.arms:
+            for g in grid(arm):
+                for m in HEADLINE_METRICS:
+                    e = estimate(arm, report_key(g, m))
+                    if not math.isnan(e.value):
+                        out.append({"arm": arm.name, "cfg": float(g), "metric": m, "value": e.value,
+                                    "se" if e.basis == "SE" else "ci95": e.half_width, "n": e.n,
+                                    "chosen": g == self.guidance.get(arm.name)})
         return out
 
     def gaps(self) -> list[dict]:
@@ -186,32 +250,58 @@ class Comparison:
         cells = []
         for arm in self.arms:
             row = {"arm": arm.name}
-            for context in GAP_CONTEXTS:
-                e = estimate(arm, f"diag/gap/{context}")
+            for key in GAUGES:
+                e = estimate(arm, key)
                 if not math.isnan(e.value):
-                    row[f"gap/{context}"] = e.cell("gap")
+                    row[key.removeprefix("diag/")] = e.cell(key)
             if len(row) > 1:
                 cells.append(row)
         return cells
 
     def render(self) -> str:
-        """The printed comparison: arms, differences against the baseline, and the verdicts."""
-        metrics = self.metrics()
-        cells = [{"arm": a.name, "n": max(1, len(a.results)), **{m: estimate(a, m).cell(m) for m in metrics}}
-                 for a in self.arms]
-        text = [comparison_table(cells, ["arm", "n", *metrics]), *(f"  {a.name}: {a.summary}" for a in self.arms),
+        """The printed comparison: arms, the compared differences, the verdicts, guidance curves and gaps."""
+        metrics, diffs = self.metrics(), self.differences()
+        chosen = ["cfg"] if self.guidance else []
+        cells = [{"arm": a.name, "n": max(1, len(a.results)), "cfg": self.guidance.get(a.name, "-"),
+                  **{m: estimate(a, m).cell(m) for m in metrics}} for a in self.arms]
+        text = [comparison_table(cells, ["arm", "n", *chosen, *metrics]),
+                *(f"  {a.name}: {a.summary}" for a in self.arms),
                 "  (one run: the metric and its bootstrap standard error over the generated samples; "
                 "n seeds: mean ± 95% t-interval across seeds)"]
-        if self.others():
-            diffs = [{"difference": f"{a.name} - {self.baseline}",
-                      **{m: difference(a, self.base(), m).cell(m, signed=True) for m in metrics}} for a in self.others()]
-            text += ["", comparison_table(diffs, ["difference", *metrics]), "  (± 95% interval; * it excludes 0)", "",
-                     *self.verdicts()]
+        if self.guidance:
+            text.append("  (cfg: the guidance each arm is reported at, the lowest mean FID on the selection sample set; "
+                        "the numbers are the separate report set's at that guidance; -: no guidance grid)")
+        if diffs:
+            text += ["", self.render_differences(diffs), "", *self.verdicts()]
+        if curves := self.guidance_curves():
+            text += ["", self.render_curves(curves)]
         if cells := self.gap_cells():
-            text += ["", comparison_table(cells, ["arm", *(f"gap/{c}" for c in GAP_CONTEXTS)]),
+            text += ["", comparison_table(cells, ["arm", *(k.removeprefix("diag/") for k in GAUGES)]),
                      "  (train-test gap on the probe, nats per token over scales 2..N: sf one-step student forcing, "
                      "ar full rollout, each minus teacher forcing)"]
         return "\n".join(text)
+
+    def render_differences(self, diffs: list[dict]) -> str:
+        """The differences table: unadjusted intervals, stars from the Holm-adjusted p."""
+        metrics = self.metrics()
+        shown = [{"difference": row["difference"],
+                  **{m: Estimate(row[f"{m}_diff"], row[f"{m}_ci95"], 0, row["basis"]).cell(m, signed=True)
+                     + (" *" if row[f"{m}_beyond_noise"] else "") for m in metrics}} for row in diffs]
+        return "\n".join([comparison_table(shown, ["difference", *metrics]),
+                          f"  (± unadjusted 95% interval; * p < {ALPHA:g}, {self.family(diffs)}: "
+                          f"{plural(len(metrics), 'metric')} x {plural(len(diffs), 'pair')})"])
+
+    def render_curves(self, curves: list[dict]) -> str:
+        """Each arm's report-set metrics at every guidance of its grid, the chosen one marked."""
+        metrics = list(dict.fromkeys(c["metric"] for c in curves))
+        by_point: dict[tuple, dict] = {}
+        for c in curves:
+            cfg = f"{c['cfg']:g}" + (" <" if c["chosen"] else "")
+            row = by_point.setdefault((c["arm"], c["cfg"]), {"arm": c["arm"], "cfg": cfg, "n": c["n"]})
+            half, basis = (c["se"], "SE") if "se" in c else (c["ci95"], "CI")
+            row[c["metric"]] = Estimate(c["value"], half, c["n"], basis).cell(c["metric"])
+        return "\n".join([comparison_table(list(by_point.values()), ["arm", "cfg", "n", *metrics]),
+                          "  (metrics against guidance on the report set; < the arm's chosen guidance)"])
 
     def log(self, handle: RunHandle) -> dict:
         """Record the comparison in the parent run (tables as artifacts, numbers as metrics); returns
@@ -221,11 +311,16 @@ class Comparison:
         if diffs:
             log_table(handle, diffs, list(diffs[0]), "differences")
         handle.log_metrics(self.parent_metrics(), 0)
+        if curves := self.guidance_curves():
+            log_table(handle, curves, ["arm", "cfg", "metric", "value", "ci95", "se", "n", "chosen"], "guidance_curves")
+            with tempfile.TemporaryDirectory() as tmp:
+                handle.log_artifact(guidance_figure(curves, Path(tmp) / "metrics_vs_guidance.png"), "figures")
         if gaps := self.gaps():
             log_table(handle, gaps, list(gaps[0]), "gaps")
             with tempfile.TemporaryDirectory() as tmp:
                 handle.log_artifact(gap_figure(gaps, Path(tmp) / "gap_per_scale.png"), "figures")
-        return {"comparison": rows, "differences": diffs, "verdicts": self.verdicts(), "gaps": gaps}
+        return {"comparison": rows, "differences": diffs, "verdicts": self.verdicts(), "gaps": gaps,
+                "guidance": self.guidance, "guidance_curves": curves}
 
 
 def step_arms(name: str, step, outputs: dict) -> list[Arm]:

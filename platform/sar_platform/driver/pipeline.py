@@ -27,7 +27,7 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     result = {"kind": job.kind, "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:
         comparison = Comparison([arm for name in job.compare for arm in step_arms(name, job.steps[name].resolve(outputs),
-                                                                                  outputs[name])], job.baseline)
+                                                                                  outputs[name])], job.baseline, job.pairs)
         print(f"\n[sar] comparison:\n{comparison.render()}\n", flush=True)
         result.update(comparison.log(handle))
     handle.finish()

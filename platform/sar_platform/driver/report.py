@@ -139,3 +139,55 @@ def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+METRIC_TITLES = {"fid": "FID (lower is better)", "is": "Inception Score", "precision": "precision", "recall": "recall"}
+
+
+def _arm_label(arm: str, points: Sequence[dict]) -> str:
+    """The arm and what its bars are: n seeds (95% t-interval), or one run (±1.96 bootstrap SE)."""
+    ns = sorted({p["n"] for p in points})
+    if ns == [1]:
+        return f"{arm} (1 run, ±1.96 bootstrap SE)"
+    n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    return f"{arm} (n = {n} seeds, 95% t-interval)"
+
+
+def guidance_figure(curves: Sequence[dict], path: Path) -> Path | None:
+    """Each metric against the guidance scale, one panel per metric and one curve per arm, on the
+    report sample set; the guidance each arm is reported at (chosen on the selection set) ringed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in HEADLINE_METRICS if any(c["metric"] == m for c in curves)]
+    if not metrics:
+        return None
+    arms = list(dict.fromkeys(c["arm"] for c in curves))
+    span = (max(c["cfg"] for c in curves) - min(c["cfg"] for c in curves)) or 1.0
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.4 * len(metrics), 3.8), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for i, arm in enumerate(arms):
+            points = sorted((c for c in curves if c["arm"] == arm and c["metric"] == metric), key=lambda c: c["cfg"])
+            if not points:
+                continue
+            half = [1.96 * c["se"] if "se" in c else c["ci95"] for c in points]
+            dodge = 0.01 * span * (i - (len(arms) - 1) / 2)  # arms with equal values stay visible side by side
+            line = ax.errorbar([c["cfg"] + dodge for c in points], [c["value"] for c in points],
+                               yerr=[0 if math.isnan(h) else h for h in half], marker="os^Dv"[i % 5], capsize=3,
+                               label=_arm_label(arm, points))
+            for c in points:
+                if c["chosen"]:
+                    ax.scatter([c["cfg"] + dodge], [c["value"]], s=160, facecolors="none", lw=1.5,
+                               edgecolors=line[0].get_color())
+        ax.set_title(METRIC_TITLES[metric], fontsize=10)
+        ax.set_xlabel("guidance scale (cfg)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("metrics against guidance on the report sample set (ringed: each arm's guidance, "
+                 "chosen by the lowest mean FID on the selection set)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

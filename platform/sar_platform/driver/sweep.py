@@ -22,6 +22,7 @@ from ray.tune.schedulers import ASHAScheduler
 
 from sar_platform.driver.compare import Comparison, sweep_arms
 from sar_platform.driver.inputs import prepare_train_inputs
+from sar_platform.driver.guidance import guidance_metrics
 from sar_platform.driver.report import (comparison_table, final_diagnostics, headline, headline_columns, log_sweep_figure,
                                         log_table)
 from sar_platform.driver.session import JobFailed, Session
@@ -90,6 +91,7 @@ def trial_rows(results, job, tracker: Tracker, parent: RunHandle, total_steps: i
         row["status"] = "error" if res.error else ("finished" if finished else f"stopped at step {metrics.get('step', '?')}")
         row.update(headline(metrics))
         row.update(final_diagnostics(metrics))  # the trials table shows the headline; the CSV and comparisons keep these
+        row.update(guidance_metrics(metrics))  # a guidance grid's cfg/<g>/... keys, for the comparison's best guidance
         if child is not None and child.info.status == "RUNNING":
             tracker.client.set_terminated(child.info.run_id, "FAILED" if res.error else "KILLED")
         rows.append(row)

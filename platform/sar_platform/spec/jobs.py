@@ -365,6 +365,9 @@ class PipelineJob(JobCommon):
     baseline: Name | None = None
     """The compared step every other one is measured against (differences with 95% intervals,
     paired by seed when both start from the same checkpoint)."""
+    pairs: Literal["baseline", "all"] = "baseline"
+    """Which differences the comparison shows: `baseline` every arm against `baseline`, `all` every
+    pair of arms (later minus earlier). Holm's adjustment runs over the differences shown."""
     probe: ProbeSpec = ProbeSpec()
     """The diagnostics probe every train and sweep step shares."""
     inner_fields: ClassVar[tuple[str, ...]] = ("steps",)
@@ -397,6 +400,8 @@ class PipelineJob(JobCommon):
         if not any(getattr(step, "reads_probe", False) or (step.kind == "sweep" and step.train.reads_probe)
                    for step in self.steps.values()):
             out[("probe",)] = "is only read by train or sweep steps that log diagnostics or evaluation figures"
+        if not self.compare:
+            out[("pairs",)] = "is only read with compare: [steps...]"
         return {**out, **prefixed(("probe",), self.probe.unread_fields())}
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
@@ -416,6 +421,9 @@ class PipelineJob(JobCommon):
                 raise ValueError(f"compare: {name!r} is not a step")
         if self.baseline is not None and self.baseline not in self.compare:
             raise ValueError(f"baseline: {self.baseline!r} is not one of the compared steps {self.compare}")
+        if self.pairs == "all" and self.baseline is not None:
+            raise ValueError(f"pairs: all compares every pair, so baseline: {self.baseline!r} would not be read; "
+                             "drop one of them")
         return self
 
     def run_names(self, prefix: str = "") -> list[str]:

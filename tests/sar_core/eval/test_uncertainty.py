@@ -8,8 +8,12 @@ import pytest
 
 from sar_core.eval.metrics import (GaussianStats, coverage, frechet_distance, inception_score, manifold_radii,
                                    precision_recall)
-from sar_core.eval.uncertainty import (excludes_zero, fid_bootstrap, inception_score_bootstrap, mean_ci,
-                                       paired_difference, precision_recall_bootstrap, resample_counts, standard_error)
+from scipy import stats as scipy_stats
+
+from sar_core.eval.uncertainty import (difference_of_two, excludes_zero, fid_bootstrap, holm, inception_score_bootstrap,
+                                       mean_ci, normal_p_value, paired_difference, paired_p_value,
+                                       precision_recall_bootstrap, resample_counts, standard_error, unpaired_difference,
+                                       welch_p_value)
 
 D, K_CLASSES = 8, 5
 RNG = np.random.default_rng(0)
@@ -97,3 +101,40 @@ def test_a_paired_design_separates_a_small_effect_that_the_arms_alone_cannot():
         d, h, _ = paired_difference(a, b)
         covered.append(abs(d - 1.0) <= h)
     assert 0.93 <= np.mean(covered) <= 0.97
+
+
+ARM = {0: 19.0, 1: 22.1, 2: 24.9, 3: 21.0}
+BASE = {0: 20.0, 1: 23.0, 2: 26.0, 3: 21.5}
+
+
+def test_p_values_are_scipys_tests_on_the_intervals_bases():
+    keys = list(BASE)
+    assert paired_p_value(ARM, BASE) == pytest.approx(scipy_stats.ttest_rel([ARM[k] for k in keys], [BASE[k] for k in keys]).pvalue, rel=1e-9)
+    a, b = [19.0, 22.1, 24.9], [20.0, 23.0, 26.0, 21.5, 30.0]
+    assert welch_p_value(a, b) == pytest.approx(scipy_stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    z = (19.0 - 20.0) / math.hypot(0.3, 0.4)
+    assert normal_p_value(19.0, 0.3, 20.0, 0.4) == pytest.approx(2 * scipy_stats.norm.sf(abs(z)), rel=1e-9)
+    # the p-value and the 95% interval agree on whether the difference is beyond the noise
+    for (d, half, _), p in [(paired_difference(ARM, BASE), paired_p_value(ARM, BASE)),
+                            (unpaired_difference(a, b), welch_p_value(a, b))]:
+        assert excludes_zero(d, half) == (p < 0.05)
+    d, half = difference_of_two(19.0, 0.3, 20.0, 0.4)
+    assert excludes_zero(d, half) == (normal_p_value(19.0, 0.3, 20.0, 0.4) < 0.05)
+    # too few values: no test; no spread at all: certain either way
+    assert math.isnan(paired_p_value({0: 1.0}, {0: 2.0})) and math.isnan(welch_p_value([1.0], [2.0, 3.0]))
+    assert paired_p_value({0: 2.0, 1: 3.0}, {0: 1.0, 1: 2.0}) == 0.0 and welch_p_value([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def test_holm_multiplies_the_jth_smallest_p_by_m_minus_j_plus_1_and_never_reorders():
+    # by hand, m = 4 finite p: sorted 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.04 (x1 -> max so far 0.06)
+    adjusted = holm([0.03, 0.01, math.nan, 0.04, 0.02])
+    assert adjusted[:2] == pytest.approx([0.06, 0.04]) and adjusted[3:] == pytest.approx([0.06, 0.06])
+    assert math.isnan(adjusted[2])  # no test in that cell: not in the family (m = 4)
+    assert holm([0.5, 0.9]) == [1.0, 1.0] and holm([]) == []  # capped at 1
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        p = rng.uniform(0, 0.2, size=rng.integers(1, 12))
+        adj = np.asarray(holm(list(p)))
+        order = np.argsort(p)
+        assert np.all(np.diff(adj[order]) >= 0)  # monotone: a smaller p never gets a larger adjusted p
+        assert np.all(adj >= p) and np.all(adj <= np.minimum(1, len(p) * p) + 1e-12)  # between raw and Bonferroni

@@ -1,6 +1,8 @@
-"""A parent run's comparison: every arm with its uncertainty, the others against the baseline with
-intervals on the right basis (paired by seed from one checkpoint, unpaired otherwise, sample noise
-only for single runs), a verdict in words, and metrics the parent can log."""
+"""A parent run's comparison: every arm with its uncertainty, the compared pairs (against the
+baseline, or all) with intervals and p-values on the right basis (paired by seed from one
+checkpoint, unpaired otherwise, sample noise only for single runs), stars and verdicts that survive
+Holm's adjustment over the family shown, each arm at its own best guidance, and metrics the parent
+can log."""
 import math
 
 import pytest
@@ -32,7 +34,13 @@ def test_seeded_arms_get_t_intervals_and_paired_differences_from_the_same_checkp
     assert metrics["compare/tf/fid"] == 23.0 and metrics["diff/sar-tf/fid_beyond_noise"] == 1.0
     assert "compare/tf/fid_ci95" in metrics and "diff/sar-tf/fid_ci95" in metrics
     text = c.render()
-    assert "23.00 ± 7.45" in text and "-1.00 ± " in text and " *" in text
+    assert "23.00 ± 7.45" in text and starred_cells(text) == ["-1.00 ± 0.25 *"]
+
+
+def starred_cells(text: str) -> list[str]:
+    """The cells of the printed differences table that carry a star."""
+    table = text.split("| difference")[1].split("\n  (")[0]
+    return [cell.strip() for line in table.splitlines()[2:] for cell in line.split("|") if cell.strip().endswith("*")]
 
 
 def test_arms_from_different_checkpoints_are_not_paired():
@@ -94,3 +102,100 @@ def test_the_gap_per_scale_is_the_student_loss_minus_the_teacher_forced_loss_acr
     assert "gap/ar" in c.render() and "pretrain" not in c.render().split("gap/ar")[1]
     assert gap_figure(c.gaps(), tmp_path / "gaps.png").stat().st_size > 0
     assert Comparison([no_diag], None).gaps() == [] and gap_figure([], tmp_path / "none.png") is None
+
+
+# -- multiplicity: Holm over the family of differences shown ------------------------------------
+
+def single_run(name, fid, se=1.0, start=FROM):
+    """One run with all four headline metrics, each `fid` units (in SEs) from 0 and with the same SE."""
+    return Arm(name, f"{name} arm", {"name": name}, {0: {m: fid * w for m, w in WEIGHTS.items()} |
+                                                      {f"{m}_se": se * w for m, w in WEIGHTS.items()}}, start)
+
+
+WEIGHTS = {"fid": 1.0, "is": 0.1, "precision": 0.01, "recall": 0.01}
+
+
+def test_stars_that_do_not_survive_holm_over_twelve_differences_are_not_printed():
+    # each other arm sits 3.1 SE-units from the baseline: z = 3.1 / sqrt(2) = 2.19, p = 0.028 < 0.05 per cell,
+    # but Holm over 4 metrics x 3 pairs = 12 cells needs the smallest p below 0.05 / 12
+    arms = [single_run("base", 10.0), *(single_run(f"arm{i}", 10.0 + 3.1) for i in range(3))]
+    c = Comparison(arms, "base")
+    diffs = c.differences()
+    assert len(diffs) == 3
+    for row in diffs:
+        for m in WEIGHTS:
+            assert row[f"{m}_p"] == pytest.approx(0.0285, abs=1e-3) and abs(row[f"{m}_diff"]) > row[f"{m}_ci95"]
+            assert row[f"{m}_p_holm"] == pytest.approx(12 * row[f"{m}_p"], rel=1e-6)  # twelve equal p: each x 12
+            assert not row[f"{m}_beyond_noise"]
+    text = c.render()
+    assert starred_cells(text) == [] and "* p < 0.05, Holm-adjusted over 12 comparisons: 4 metrics x 3 pairs" in text
+    verdicts = c.verdicts()
+    assert len(verdicts) == 3 and all("Holm-adjusted over 12 comparisons" in v for v in verdicts)
+    assert all("within the noise once the other comparisons are accounted for (unadjusted p < 0.05)" in v for v in verdicts)
+    metrics = c.parent_metrics()
+    assert metrics["diff/arm0-base/fid_p"] < 0.05 <= metrics["diff/arm0-base/fid_p_holm"]
+    assert metrics["diff/arm0-base/fid_beyond_noise"] == 0.0
+    # the same difference alone (one metric, one pair) keeps its star
+    alone = Comparison([Arm("base", "", {}, {0: {"fid": 10.0, "fid_se": 1.0}}), Arm("a", "", {}, {0: {"fid": 13.1, "fid_se": 1.0}})], "base")
+    assert alone.differences()[0]["fid_beyond_noise"] and starred_cells(alone.render()) == ["+3.10 ± 2.77 *"]
+    assert "Holm-adjusted over 1 comparison:" in alone.verdicts()[0]
+
+
+def test_all_pairs_gives_k_choose_2_paired_differences_inside_one_family():
+    k = 4
+    arms = [arm(name, [20.0 + i, 23.0 + i, 26.5 + i]) for i, name in enumerate(["tf", "sar_token", "sar_dynamic", "sar_gamma"])]
+    c = Comparison(arms, None, pairs="all")
+    diffs = c.differences()
+    assert len(diffs) == k * (k - 1) // 2
+    assert {d["difference"] for d in diffs} == {f"{b.name} - {a.name}" for i, a in enumerate(arms) for b in arms[i + 1:]}
+    assert all(d["basis"] == "paired over 3 seeds" for d in diffs)
+    dynamic_vs_token = next(d for d in diffs if d["difference"] == "sar_dynamic - sar_token")
+    assert dynamic_vs_token["fid_diff"] == pytest.approx(1.0)
+    assert f"Holm-adjusted over {2 * len(diffs)} comparisons: 2 metrics x 6 pairs" in c.render()  # fid and is
+    assert Comparison(arms, "tf").compared_pairs() == [(a, arms[0]) for a in arms[1:]]
+    with pytest.raises(ValueError, match="pairs: 'some' is not one of 'baseline', 'all'"):
+        Comparison(arms, None, pairs="some")
+
+
+# -- guidance: each arm at its own best guidance, chosen on the selection set ---------------------
+
+def with_grid(a, report: dict[str, float], select: dict[str, float], se=0.2):
+    """Give every seed of `a` a guidance grid: report-set FID = its plain FID + report[g] (with an SE),
+    selection-set FID = plain FID + select[g]. The plain keys stay (the run's own choice) and must be ignored."""
+    for metrics in a.results.values():
+        for g in report:
+            metrics.update({f"cfg/{g}/fid": metrics["fid"] + report[g], f"cfg/{g}/fid_se": se,
+                            f"cfg/{g}/select/fid": metrics["fid"] + select[g], f"cfg/{g}/is": 4.0 + float(g)})
+    return a
+
+
+def test_each_arm_is_reported_on_the_report_set_at_the_guidance_its_selection_set_chose(tmp_path):
+    from sar_platform.driver.report import guidance_figure
+
+    tf = arm("tf", [20.0, 23.0, 26.0], kind="tf")  # no grid: its plain keys
+    # the selection set prefers g = 2; the report set would have preferred g = 1.5 (a report-set pick reports -3.0)
+    sar = with_grid(arm("sar", [20.0, 23.0, 26.0]), report={"1": 0.0, "1.5": -3.0, "2": -1.0},
+                    select={"1": 0.0, "1.5": 0.5, "2": -2.0})
+    c = Comparison([tf, sar], "tf")
+    assert c.guidance == {"sar": "2"}
+    rows = {r["arm"]: r for r in c.rows()}
+    assert rows["sar"]["cfg"] == "2" and rows["tf"]["cfg"] == "-"
+    assert rows["sar"]["fid"] == pytest.approx(23.0 - 1.0) and rows["sar"]["is"] == pytest.approx(6.0)
+    (d,) = c.differences()
+    assert d["basis"] == "paired over 3 seeds" and d["fid_diff"] == pytest.approx(-1.0)  # report set at g = 2, by seed
+    assert c.parent_metrics()["compare/sar/cfg"] == 2.0
+    assert "| sar | 3 | 2   |" in c.render() and "2 <" in c.render()
+
+    curves = c.guidance_curves()
+    fid = {(r["cfg"], r["chosen"]): r for r in curves if r["metric"] == "fid"}
+    assert set(fid) == {(1.0, False), (1.5, False), (2.0, True)} and all(r["arm"] == "sar" for r in curves)
+    assert fid[1.5, False]["value"] == pytest.approx(20.0) and fid[1.5, False]["ci95"] == pytest.approx(rows["tf"]["fid_ci95"])
+    assert guidance_figure(curves, tmp_path / "guidance.png").stat().st_size > 0
+
+    # one run: its bootstrap SE at each guidance; only guidance every seed measured competes
+    one = with_grid(arm("one", [20.0]), report={"1": 0.0, "3": 1.0}, select={"1": 1.0, "3": 0.0}, se=0.4)
+    c1 = Comparison([one], None)
+    assert c1.guidance == {"one": "3"} and c1.rows()[0]["fid_se"] == pytest.approx(0.4)
+    assert all(r["se"] == 0.4 for r in c1.guidance_curves() if r["metric"] == "fid")
+    del sar.results[2]["cfg/2/select/fid"]
+    assert Comparison([sar], None).guidance == {"sar": "1"}  # g = 2 lacks a seed's selection FID: 1 beats 1.5

@@ -133,7 +133,8 @@ def test_the_parent_run_carries_its_own_fields_and_the_comparison_not_copies_of_
     assert params["compare"] == "['pretrain', 'tf', 'sar']" and params["baseline"] == "tf"
     assert not any(k.startswith("steps.") for k in params) and len(params) < 40
     assert {"compare/sar/fid", "compare/sar/fid_se", "compare/tf/fid", "diff/sar-tf/fid_diff", "diff/sar-tf/fid_ci95",
-            "diff/sar-tf/fid_beyond_noise"} <= set(metrics)
+            "diff/sar-tf/fid_beyond_noise", "diff/sar-tf/fid_p", "diff/sar-tf/fid_p_holm"} <= set(metrics)
+    assert metrics["diff/sar-tf/fid_p_holm"] >= metrics["diff/sar-tf/fid_p"]  # Holm over 4 metrics x 2 pairs
 
 
 def test_a_child_run_records_its_own_read_fields_and_what_it_is(pipeline, tmp_path):
