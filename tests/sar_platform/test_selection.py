@@ -73,6 +73,16 @@ def test_a_selection_evaluation_is_reported_under_select_with_the_rules_standing
         best.score(1000, {"is": 7.0})
 
 
+def test_ray_train_ranks_the_rules_best_checkpoint_first_whatever_min_delta_says_of_raw_values():
+    best, scores = BestStep(SelectSpec(min_delta=0.6)), {}
+    for step, value in FIDS:
+        best.observe(step, value)
+        scores[step] = best.checkpoint_score(step)
+    ranked = sorted((s for s in scores if not math.isnan(scores[s])), key=scores.get, reverse=True)
+    assert ranked == [1500, 1000, 500]  # 2500 has the lowest FID, but not by min_delta: it is not kept for it
+    assert math.isnan(best.checkpoint_score(1000))  # asked now, when it is no longer the best: ranked last
+
+
 def test_the_state_is_the_evaluations_and_replaying_them_restores_every_decision():
     rule = SelectSpec(patience=2)
     before = seen(rule, FIDS)

@@ -17,6 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from sar_platform.driver.run_checkpoints import set_aside_damaged
 from sar_platform.driver.session import JobFailed, Session, WorkerEntry
+from sar_platform.services.selection import CHECKPOINT_SCORE
 from sar_platform.services.tracking import RunHandle
 
 
@@ -32,13 +33,13 @@ def scaling_config(resources) -> ray.train.ScalingConfig:
 
 def checkpoint_config(job) -> ray.train.CheckpointConfig:
     """The newest `checkpoint.keep` checkpoints; under a selection rule (`eval.select`), the `keep`
-    best by it and the latest (to resume from), so the best one is never deleted."""
+    latest best ones by the rule and the latest (to resume from), so the best one is never deleted."""
     keep = job.checkpoint.keep if hasattr(job, "checkpoint") else None
     select = getattr(getattr(job, "eval", None), "select", None)
     if select is None:
         return ray.train.CheckpointConfig(num_to_keep=keep)
-    return ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=select.report_key,
-                                      checkpoint_score_order=select.better)
+    return ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=CHECKPOINT_SCORE,
+                                      checkpoint_score_order="max")
 
 
 def run_config(job, session: Session, run_name: str) -> ray.train.RunConfig:

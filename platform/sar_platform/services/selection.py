@@ -13,6 +13,10 @@ from sar_platform.spec.selection import SELECT_PREFIX, SelectSpec
 
 SELECTION_FILE = "selection.json"
 """In every checkpoint of a run with a selection rule: the evaluations it has seen ({"history": [[step, value], ...]})."""
+CHECKPOINT_SCORE = "select/checkpoint_score"
+"""What Ray Train ranks a checkpoint by (higher is kept), in its report only: k for the checkpoint of
+the rule's k-th improvement, NaN (ranked last) for every other one. Each improvement beats every
+earlier evaluation by the rule, so the current best always ranks first."""
 
 
 class BestStep:
@@ -25,6 +29,7 @@ class BestStep:
         self.best_value = math.nan
         self.since_best = 0
         """Evaluations since the best one (the patience count)."""
+        self.improvements = 0
 
     def improves(self, value: float) -> bool:
         """Whether `value` beats the best so far by the rule (a non-finite value never does)."""
@@ -42,6 +47,7 @@ class BestStep:
         self.history.append((step, value))
         if self.improves(value):
             self.best_step, self.best_value, self.since_best = step, value, 0
+            self.improvements += 1
         else:
             self.since_best += 1
 
@@ -52,6 +58,10 @@ class BestStep:
     @property
     def last_step(self) -> int | None:
         return self.history[-1][0] if self.history else None
+
+    def checkpoint_score(self, step: int) -> float:
+        """The `CHECKPOINT_SCORE` of the checkpoint saved at `step`, just after its evaluation (if any)."""
+        return float(self.improvements) if step == self.best_step else math.nan
 
     def score(self, step: int, metrics: dict[str, float]) -> dict[str, float]:
         """One selection evaluation's metrics under `select/`, after the rule has seen them, with its

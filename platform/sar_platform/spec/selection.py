@@ -51,7 +51,7 @@ class SelectSpec(StrictModel):
 
     @property
     def report_key(self) -> str:
-        """The key the rule reads in a training report (and Ray Train scores checkpoints by)."""
+        """The key of the selection metric in a training report (and MLflow)."""
         return SELECT_PREFIX + self.metric
 
     def describe(self) -> str:

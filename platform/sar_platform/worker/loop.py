@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from sar_core.checkpoint import verify_checkpoint_folder, write_manifest
 from sar_core.eval import HEADLINE_METRICS
-from sar_platform.services.selection import SELECTION_FILE, BestStep
+from sar_platform.services.selection import CHECKPOINT_SCORE, SELECTION_FILE, BestStep
 from sar_platform.services.tracking import MetricOutbox, RunHandle
 from sar_platform.spec.selection import SelectSpec
 from sar_platform.spec.train import OptimSpec
@@ -391,11 +391,10 @@ def select(t: Training, done: int, scores: dict[str, float]) -> dict[str, float]
 
 def report_to_ray(metrics, t: Training, step: int, save: bool, window: MetricWindow, outbox: MetricOutbox | None) -> None:
     """Report (a collective); with a checkpoint every `save` step, after which the metrics up to
-    it are final and go to MLflow. With a selection rule, a checkpoint's report carries its score
-    for Ray Train's retention (NaN, the lowest rank, for a checkpoint no selection evaluation
-    scored; only Ray sees that entry)."""
+    it are final and go to MLflow. With a selection rule, a checkpoint's report carries the rule's
+    rank of it for Ray Train's retention (`CHECKPOINT_SCORE`; only Ray sees that entry)."""
     if t.selection is not None and save:
-        metrics = {t.selection.rule.report_key: math.nan, **metrics}
+        metrics = {**metrics, CHECKPOINT_SCORE: t.selection.checkpoint_score(step)}
     if not save:
         ray.train.report(metrics)
         return
