@@ -1,9 +1,12 @@
-"""Pipelines: named steps in order, each step's outputs feeding later `step:<name>` references, then
-the comparison of the `compare` steps (driver/compare.py) on the pipeline's run.
+"""Pipelines: named steps in order, each step's outputs feeding later `step:<name>[@best|@last]`
+references (the step's run is tagged with what each took and why), then the comparison of the
+`compare` steps (driver/compare.py) on the pipeline's run.
 
 Runs in the `sar` process; every step runs through the session's `run` (the job-kind table).
 """
 from __future__ import annotations
+
+import dataclasses
 
 from sar_platform.driver.compare import Comparison, step_arms
 from sar_platform.driver.report import log_table
@@ -22,7 +25,11 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
             outputs[name] = done
             continue
         print(f"[sar] === step {name} ({step.kind}) ===", flush=True)
-        outputs[name] = session.run(step.resolve(outputs), handle, step_run)
+        chosen = step.reference_tags(outputs)  # which checkpoint each step: reference took, and why
+        for field, ref in step.step_references():
+            print(f"[sar] {step_run}.{field}: {ref} is {chosen[f'sar.ref.{field}.chosen']}", flush=True)
+        step_session = dataclasses.replace(session, run_tags={**session.run_tags, **chosen})
+        outputs[name] = step_session.run(step.resolve(outputs), handle, step_run)
 
     result = {"kind": job.kind, "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:

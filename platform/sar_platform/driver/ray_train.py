@@ -17,6 +17,7 @@ from ray.train.torch import TorchTrainer
 
 from sar_platform.driver.run_checkpoints import set_aside_damaged
 from sar_platform.driver.session import JobFailed, Session, WorkerEntry
+from sar_platform.services.selection import CHECKPOINT_SCORE
 from sar_platform.services.tracking import RunHandle
 
 
@@ -30,14 +31,24 @@ def scaling_config(resources) -> ray.train.ScalingConfig:
     )
 
 
-def run_config(job, session: Session, run_name: str) -> ray.train.RunConfig:
-    """Where the run's checkpoints go (runs/<name>), how many are kept, and how often it is retried."""
+def checkpoint_config(job) -> ray.train.CheckpointConfig:
+    """The newest `checkpoint.keep` checkpoints; under a selection rule (`eval.select`), the `keep`
+    latest best ones by the rule and the latest (to resume from), so the best one is never deleted."""
     keep = job.checkpoint.keep if hasattr(job, "checkpoint") else None
+    select = getattr(getattr(job, "eval", None), "select", None)
+    if select is None:
+        return ray.train.CheckpointConfig(num_to_keep=keep)
+    return ray.train.CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute=CHECKPOINT_SCORE,
+                                      checkpoint_score_order="max")
+
+
+def run_config(job, session: Session, run_name: str) -> ray.train.RunConfig:
+    """Where the run's checkpoints go (runs/<name>), which are kept, and how often it is retried."""
     storage_path, filesystem = session.workspace.ray_storage()
     return ray.train.RunConfig(
         name=run_name, storage_path=storage_path, storage_filesystem=filesystem,
         failure_config=ray.train.FailureConfig(max_failures=job.max_failures),
-        checkpoint_config=ray.train.CheckpointConfig(num_to_keep=keep),
+        checkpoint_config=checkpoint_config(job),
         callbacks=list(session.callbacks),
         logging_config=ray.train.LoggingConfig(log_level="WARNING"),  # progress lines come from our loop
     )

@@ -9,7 +9,8 @@ workers is that latest checkpoint. A folder named in the snapshot but missing ma
 whole run folder. So a damaged checkpoint is moved to `<run>/damaged/<name>` (kept for inspection)
 and dropped from the snapshot, whose `latest` becomes the newest checkpoint left; the snapshot is
 rewritten in Ray's own schema and replaced atomically. Checks and moves go through the workspace's
-filesystem (local or S3).
+filesystem (local or S3). `kept_checkpoint` finds the checkpoint a run reported at a given step
+among those kept (the best one a selection rule chose).
 
 Runs in the `sar` process, before a TorchTrainer is fitted.
 """
@@ -86,6 +87,23 @@ def set_aside_damaged(workspace: Workspace, run_name: str) -> list[str]:
     lines.append(f"{run_name}: continuing from {kept}" if kept else f"{run_name}: no intact checkpoint is left; "
                  "training starts again from step 0")
     return lines
+
+
+def kept_checkpoint(workspace: Workspace, run_name: str, step: int) -> tuple[str | None, str]:
+    """(folder, "") of the run's checkpoint reported at `step` if Ray Train kept it intact, else
+    (None, why not): the best checkpoint a selection rule chose must still be there."""
+    storage_path, fs = workspace.ray_storage()
+    fs = fs or pafs.LocalFileSystem()
+    run = f"{storage_path}/{run_name}"
+    text = _read_text(fs, f"{run}/{SNAPSHOT}")
+    names = [r["checkpoint_dir_name"] for r in json.loads(text)["checkpoint_results"]
+             if r["metrics"].get("step") == step] if text is not None else []
+    if not names:
+        return None, f"no kept checkpoint of {run_name} was reported at step {step}"
+    problems = folder_problems(fs, f"{run}/{names[0]}")
+    if problems:
+        return None, f"{run}/{names[0]}: {'; '.join(problems)}"
+    return f"{run}/{names[0]}", ""
 
 
 def _free_name(fs: pafs.FileSystem, path: str) -> str:

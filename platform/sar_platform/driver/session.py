@@ -109,10 +109,12 @@ class Session:
 
     def trial_state(self) -> dict[str, Any]:
         """What a Tune trial function needs to rebuild this session in its own process (picklable)."""
-        return {"workspace": self.workspace, "spec_text": self.spec_text, "entries": self.entries}
+        return {"workspace": self.workspace, "spec_text": self.spec_text, "entries": self.entries,
+                "run_tags": dict(self.run_tags)}
 
     @classmethod
     def for_trial(cls, state: dict[str, Any], tracker: Tracker, run_tags: Mapping[str, str], callbacks: tuple) -> Session:
-        """A trial's session: it always resumes (a restarted trial continues its run)."""
+        """A trial's session: it always resumes (a restarted trial continues its run); its runs carry
+        the sweep's session tags and the trial's own."""
         return cls(state["workspace"], tracker, resume=True, entries=state["entries"], spec_text=state["spec_text"],
-                   run_tags=run_tags, callbacks=callbacks)
+                   run_tags={**state.get("run_tags", {}), **run_tags}, callbacks=callbacks)

@@ -12,7 +12,38 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-STEP_REF = re.compile(r"^step:([A-Za-z0-9][A-Za-z0-9_.-]*)$")
+STEP_REF = re.compile(r"^step:([A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(best|last))?$")
+"""`step:<name>` (the step's last checkpoint), `step:<name>@last` (the same, said explicitly) or
+`step:<name>@best` (the checkpoint its selection rule, `eval.select`, chose)."""
+
+
+def step_output(outputs: dict[str, dict], ref: str) -> dict:
+    """What the step a reference names produced, as the reference sees it: `@best` sees the best
+    checkpoint in place of the last one."""
+    name, which = STEP_REF.match(ref).groups()
+    produced = outputs[name]
+    if which != "best":
+        return produced
+    best = produced.get("selection")
+    if best is None:
+        raise ValueError(f"{ref}: step {name} recorded no best checkpoint (it has no eval.select rule); "
+                         f"use step:{name}@last")
+    if "checkpoint" not in best:  # never the last checkpoint in its place
+        raise ValueError(f"{ref}: step {name} has no best checkpoint to take: {best.get('missing') or best['why']}")
+    return {**produced, **best}
+
+
+def reference_choice(outputs: dict[str, dict], ref: str) -> str:
+    """Which checkpoint a reference took and why, in one line (a tag of the run that uses it)."""
+    name, which = STEP_REF.match(ref).groups()
+    produced = outputs[name]
+    if which == "best":
+        return f"the best checkpoint of step {name} by its rule: {produced['selection']['why']}"
+    said = "last" if which == "last" else "last (a bare step:<name> takes the last)"
+    chosen = f"the {said} checkpoint of step {name}"
+    if "selection" in produced:
+        chosen += f"; its rule would choose: {produced['selection']['why']}"
+    return chosen
 
 
 class StrictModel(BaseModel):
@@ -46,6 +77,8 @@ def absolute_if_local(value: str) -> str:
     job drivers, whose working directories differ, see the same files."""
     if "://" in value or STEP_REF.match(value):
         return value
+    if value.startswith("step:"):
+        raise ValueError(f"{value!r} is not a step reference: write step:<name>, step:<name>@best or step:<name>@last")
     base = Path(os.environ.get("SAR_BASE_DIR", "."))
     return str((base / Path(value).expanduser()).resolve())
 
@@ -97,7 +130,7 @@ class JobCommon(StrictModel):
     """Worker-group failures Ray Train retries from the latest checkpoint (-1: forever)."""
 
     references: ClassVar[dict[str, str]] = {}
-    """Fields that may hold `step:<name>` -> the output of the named step they take."""
+    """Fields that may hold `step:<name>[@best|@last]` -> the output of the named step they take."""
     inner_fields: ClassVar[tuple[str, ...]] = ()
     """Fields holding the jobs inside this one (their runs record them, this one's does not)."""
 
@@ -115,11 +148,20 @@ class JobCommon(StrictModel):
         outputs.json of each finished step, by step name)."""
         update = {}
         for field, ref in self.step_references():
-            key, produced = self.references[field], outputs[STEP_REF.match(ref).group(1)]
+            key, produced = self.references[field], step_output(outputs, ref)
             if key not in produced:
                 raise ValueError(f"step {self.name}: {field}: {ref} produced no {key} (it produced {sorted(produced)})")
             update[field] = produced[key]
         return self.model_copy(update=update)
+
+    def reference_tags(self, outputs: dict[str, dict]) -> dict[str, str]:
+        """Tags of this job's run saying which checkpoint each `step:` reference took and why
+        (`sar.ref.<field>`: the reference as written, `sar.ref.<field>.chosen`: what it chose)."""
+        tags = {}
+        for field, ref in self.step_references():
+            tags[f"sar.ref.{field}"] = ref
+            tags[f"sar.ref.{field}.chosen"] = reference_choice(outputs, ref)
+        return tags
 
     def unread_fields(self) -> Unread:
         """Fields this job never reads (recursively, for the jobs inside it) -> why. Written

@@ -4,6 +4,7 @@ Validation runs in the `sar` process when a spec is loaded; workers only read th
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 
@@ -20,6 +21,7 @@ from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, Seed, StrictModel, Unread, prefixed
 from sar_platform.spec.overrides import check_sweep, trial_job
+from sar_platform.spec.selection import SelectSpec
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, Sampling, ScheduleSpec
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -98,12 +100,42 @@ class EvalSpec(ScoringSpec):
     """Scoring during training."""
 
     every_steps: int = Field(0, ge=0)
-    """Also evaluate every N training steps (0: only at the end)."""
+    """Also evaluate every N training steps (0: only at the end); a multiple of checkpoint.every_steps."""
     at_end: bool = True
+    select: SelectSpec | None = None
+    """Pick the best checkpoint from the periodic evaluations by this rule (they then score a
+    selection sample set of their own seed); `step:<name>@best` takes it. None: no selection."""
 
     @property
     def evaluates(self) -> bool:
         return self.at_end or self.every_steps > 0
+
+    @property
+    def selection_metrics(self) -> MetricConfig | None:
+        """The periodic evaluations' settings under a selection rule: the report's, on the selection seed."""
+        return None if self.select is None else dataclasses.replace(self.metrics, seed=self.select.seed)
+
+    def conflicts_with(self, checkpoint_every: int, steps: int | None) -> list[tuple[FieldPath, str]]:
+        """Periodic evaluations against the checkpoints (evaluated weights must be kept) and the
+        run's length (`steps`, None when given in epochs)."""
+        out = []
+        e, c = self.every_steps, checkpoint_every
+        if e and e % c:
+            out.append((("every_steps",), f"{e} is not a multiple of checkpoint.every_steps = {c}: every evaluated "
+                                          f"step must be a checkpoint; use a multiple of {c} (e.g. {-(-e // c) * c}) "
+                                          f"or a checkpoint.every_steps that divides {e}"))
+        if self.select is None:
+            return out
+        if not e:
+            out.append((("select",), "needs periodic evaluations to choose from; set eval.every_steps "
+                                     f"(a multiple of checkpoint.every_steps = {c})"))
+        elif steps is not None and e > steps:
+            out.append((("every_steps",), f"{e} is beyond optim.steps = {steps}: the selection rule would see no "
+                                          f"evaluation; use at most {steps}"))
+        if self.select.seed == self.metrics.seed:
+            out.append((("select", "seed"), f"{self.select.seed} is eval.metrics.seed too: the selection samples must "
+                                            "differ from the final evaluation's; pick another seed"))
+        return out
 
     def unread_fields(self) -> Unread:
         if not self.evaluates:
@@ -175,7 +207,7 @@ class TrainJob(JobCommon):
 
     def conflicts(self) -> list[tuple[FieldPath, str]]:
         scales = self.schedule.scales
-        out = []
+        out = [(("eval", *f), msg) for f, msg in self.eval.conflicts_with(self.checkpoint.every_steps, self.optim.steps)]
         if self.eval.evaluates:
             out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
         where = "schedule draws that end" if self.schedule.random else "schedule.scales, which ends"
@@ -358,7 +390,8 @@ PROBE_READERS = ("train", "sweep")
 class PipelineJob(JobCommon):
     kind: Literal["pipeline"]
     steps: dict[Name, Step]
-    """Named steps, run in order; `step:<name>` in a later step uses that step's output."""
+    """Named steps, run in order; `step:<name>` in a later step uses that step's output (its last
+    checkpoint; `step:<name>@best`: the one its eval.select rule chose; `@last`: the last, explicitly)."""
     compare: list[Name] = []
     """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end, with their
     uncertainty (a sweep step with `seeds` is one arm per configuration, across its seeds)."""
@@ -412,9 +445,12 @@ class PipelineJob(JobCommon):
         seen: list[str] = []
         for name, step in self.steps.items():
             for field, ref in step.step_references():
-                target = STEP_REF.match(ref).group(1)
+                target, which = STEP_REF.match(ref).groups()
                 if target not in seen:
                     raise ValueError(f"steps.{name}.{field}: {ref} does not name an earlier step (earlier: {seen or 'none'})")
+                if which == "best" and getattr(getattr(self.steps[target], "eval", None), "select", None) is None:
+                    raise ValueError(f"steps.{name}.{field}: {ref}: step {target} has no selection rule, so no best "
+                                     f"checkpoint; give it eval.select (a train step) or use step:{target}@last")
             seen.append(name)
         for name in self.compare:
             if name not in self.steps:

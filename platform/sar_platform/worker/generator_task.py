@@ -96,11 +96,15 @@ class GeneratorTask:
         return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng)
 
     def evaluate(self, model, step: int, final: bool):
+        """The final evaluation scores the report sample set; with a selection rule, periodic ones
+        score the selection set (its own seed) and leave the run's `sar.eval.*` tags to the final one."""
         global_step = self.inputs.step_offset + step
         title = f"{self.run_name} @ step {global_step}: {self.job.objective.summary()}"
-        return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default,
-                                  Path(tempfile.mkdtemp()), global_step, title, self.probe, self.handle,
-                                  cache_dir=self.workspace.eval_cache())
+        selecting = not final and self.job.eval.select is not None
+        job = selection_view(self.job) if selecting else self.job
+        return evaluate_generator(unwrap(model), self.tokenizer, job, self.job.schedule.default,
+                                  Path(tempfile.mkdtemp()), global_step, title, self.probe,
+                                  None if selecting else self.handle, cache_dir=self.workspace.eval_cache())
 
     def save(self, model, directory: Path, step: int) -> None:
         """The weights, with the run's name and the global step they were reached at (a run that
@@ -118,6 +122,11 @@ class GeneratorTask:
         self.objective.load_state_dict(state["objective"])
 
 
+def selection_view(job):
+    """The job as its selection evaluations see it: the selection seed in place of the report one."""
+    return job.model_copy(update={"eval": job.eval.model_copy(update={"metrics": job.eval.selection_metrics})})
+
+
 def train_generator(config: dict) -> dict:
     """Ray Train worker entry point; rank 0 returns the final report."""
     job, inputs = config["job"], config["inputs"]
@@ -125,6 +134,6 @@ def train_generator(config: dict) -> dict:
     settings = loop.LoopSettings(
         steps=inputs.steps, log_every=job.log.every_steps, checkpoint_every=job.checkpoint.every_steps,
         diagnostics_every=job.log.diagnostics_every, eval_every=job.eval.every_steps, eval_at_end=job.eval.at_end,
-        precision=loop.precision(job), seed=job.seed,
+        precision=loop.precision(job), seed=job.seed, select=job.eval.select,
     )
     return loop.run(task, settings, job.optim, config["mlflow"])

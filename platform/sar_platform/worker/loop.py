@@ -7,11 +7,16 @@ collective: every rank calls it equally often) with checkpoints, and resuming fr
 checkpoint after a worker-group retry or `sar run --resume`.
 
 Resuming is exact: a checkpoint holds, besides weights, optimizer and schedule, every rank's random
-generators (torch, numpy, Python), the metric window being averaged and the metrics not yet in
-MLflow; the batch order is a function of (seed, step). A run killed and resumed ends, on CPU at the
-same thread count, with the weights and metrics of an uninterrupted one. Metrics reach MLflow when
+generators (torch, numpy, Python), the metric window being averaged, the metrics not yet in
+MLflow and the selection rule's evaluations; the batch order is a function of (seed, step). A run
+killed and resumed ends, on CPU at the same thread count, with the weights and metrics of an
+uninterrupted one. Metrics reach MLflow when
 the checkpoint after them is reported (`MetricOutbox`), so steps that a restart repeats are logged
 once. A non-finite loss stops training before the update that would spoil the weights.
+
+With a selection rule (`eval.select`), periodic evaluations score the selection sample set, are
+logged under `select/`, and feed the rule (services/selection.py); when it says the run stopped
+improving, training ends at that (checkpointed) step and the final evaluation follows.
 
 Runs inside Ray Train workers.
 """
@@ -38,7 +43,9 @@ import torch.nn as nn
 from sar_core.checkpoint import verify_checkpoint_folder, write_manifest
 from sar_core.eval import HEADLINE_METRICS
 from sar_platform.services.hold_points import hold
+from sar_platform.services.selection import CHECKPOINT_SCORE, SELECTION_FILE, BestStep
 from sar_platform.services.tracking import MetricOutbox, RunHandle
+from sar_platform.spec.selection import SelectSpec
 from sar_platform.spec.train import OptimSpec
 from sar_platform.worker.evaluation import artifact_folder
 
@@ -71,6 +78,7 @@ class LoopSettings:
     eval_at_end: bool
     precision: str  # "fp32" | "bf16"
     seed: int
+    select: SelectSpec | None = None  # periodic evaluations pick the best step (eval_every > 0)
 
 
 def no_decay(name: str, p: nn.Parameter) -> bool:
@@ -185,6 +193,8 @@ def save_state(directory: Path, t: "Training", step: int, window: "MetricWindow"
         directory / TRAIN_STATE,
     )
     (directory / PENDING_METRICS).write_text(json.dumps(pending))
+    if t.selection is not None:
+        (directory / SELECTION_FILE).write_text(json.dumps(t.selection.state_dict()))
     write_manifest(directory)  # last: a folder without it was not completely written
 
 
@@ -203,6 +213,8 @@ def restore_state(directory: Path, t: "Training", window: "MetricWindow", outbox
     window.sums, window.counts = dict(state["window"]["sums"]), dict(state["window"]["counts"])
     if outbox is not None and (directory / PENDING_METRICS).is_file():
         outbox.restore(json.loads((directory / PENDING_METRICS).read_text()))
+    if t.selection is not None and (directory / SELECTION_FILE).is_file():
+        t.selection.load_state_dict(json.loads((directory / SELECTION_FILE).read_text()))
     return int(state["step"])
 
 
@@ -232,6 +244,7 @@ class Training:
     rank: int
     world: int
     start: int = 0  # the first step to take (> 0 after a resume)
+    selection: BestStep | None = None  # the selection rule's standing (with eval.select)
 
 
 def setup(task: Task, settings: LoopSettings, optim: OptimSpec, window: MetricWindow,
@@ -248,7 +261,8 @@ def setup(task: Task, settings: LoopSettings, optim: OptimSpec, window: MetricWi
     model = task.build(device)
     opt = build_optimizer(model, optim, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(optim, settings.steps, s))
-    t = Training(task, model, model, opt, sched, device, rank, world)
+    t = Training(task, model, model, opt, sched, device, rank, world,
+                 selection=BestStep(settings.select) if settings.select is not None else None)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -294,9 +308,10 @@ def evaluate(t: Training, done: int, final: bool, precision: str, handle: RunHan
 
 
 def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> dict[str, float]:
-    """Train, checkpointing every `checkpoint_every` steps and at the end; then the final
-    evaluation, after the final checkpoint (a failing evaluation loses no training; a resumed run
-    whose training is complete only evaluates). Rank 0 returns the final report."""
+    """Train, checkpointing every `checkpoint_every` steps and at the end (or where the selection
+    rule stops training); then the final evaluation, after the final checkpoint (a failing
+    evaluation loses no training; a resumed run whose training is complete only evaluates). Rank 0
+    returns the final report."""
     window = MetricWindow()
     outbox = MetricOutbox(handle) if ray.train.get_context().get_world_rank() == 0 else None
     t = setup(task, settings, optim, window, outbox)
@@ -306,12 +321,14 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
     t_last, s_last = time.perf_counter(), t.start
     batches = task.batches(t.rank, t.world, t.start) if t.start < settings.steps else iter(())
     for step in range(t.start, settings.steps):
+        if t.selection is not None and t.selection.should_stop:
+            break  # resumed from the checkpoint where the rule stopped training
         batch = next(batches)
         window.add(train_step(t, batch, step, optim, settings.precision))
         done = step + 1
         final = done == settings.steps
         diagnose = settings.diagnostics_every and done % settings.diagnostics_every == 0
-        evaluate_now = settings.eval_every and done % settings.eval_every == 0 and not final
+        evaluate_now = settings.eval_every and done % settings.eval_every == 0 and (not final or t.selection is not None)
         save = done % settings.checkpoint_every == 0 or final
         if not (done % settings.log_every == 0 or diagnose or evaluate_now or save):
             continue
@@ -324,7 +341,9 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
         elapsed = time.perf_counter() - t_last
         report.update(step=done, lr=t.sched.get_last_lr()[0], steps_per_s=(done - s_last) / max(elapsed, 1e-9))
         if evaluate_now:
-            report.update(evaluate(t, done, final, settings.precision, handle))
+            scores = evaluate(t, done, False, settings.precision, handle)
+            report.update(scores if t.selection is None else select(t, done, scores))
+            save = save or (t.selection is not None and t.selection.should_stop)  # where training ends
         if t.rank == 0:
             outbox.add(done, report)
             print_progress(task.name, done, settings.steps, report, elapsed, done - s_last)
@@ -333,6 +352,8 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
             hold(f"{task.name}.checkpoint-{done}")
         last = report
         t_last, s_last = time.perf_counter(), done
+        if t.selection is not None and t.selection.should_stop:
+            break
     if settings.eval_at_end:
         last = final_evaluation(t, settings, last, handle, outbox)
     if outbox is not None and not outbox.flush_patiently():
@@ -345,7 +366,7 @@ def final_evaluation(t: Training, settings: LoopSettings, last: dict, handle: Ru
                      outbox: MetricOutbox | None) -> dict[str, float]:
     """Evaluate the final weights (their checkpoint is already saved) and report the result with
     the last training metrics, so that Tune and its schedulers see one complete final result."""
-    done = settings.steps
+    done = t.selection.last_step if t.selection is not None and t.selection.should_stop else settings.steps
     hold(f"{t.task.name}.final-evaluation")
     metrics = evaluate(t, done, True, settings.precision, handle)
     report = {**last, **metrics, "step": done}
@@ -359,9 +380,25 @@ def final_evaluation(t: Training, settings: LoopSettings, last: dict, handle: Ru
     return report
 
 
+def select(t: Training, done: int, scores: dict[str, float]) -> dict[str, float]:
+    """A selection evaluation through the rule (every rank holds the same scores: the rule's
+    decision to stop is the same everywhere); rank 0 says when it stops training."""
+    if t.world > 1:
+        shared = [scores]
+        dist.broadcast_object_list(shared, src=0)  # only rank 0 gets the evaluation's results
+        scores = shared[0]
+    report = t.selection.score(done, scores)
+    if t.rank == 0 and t.selection.should_stop:
+        print(f"[{t.task.name}] {t.selection.stop_reason()}", flush=True)
+    return report
+
+
 def report_to_ray(metrics, t: Training, step: int, save: bool, window: MetricWindow, outbox: MetricOutbox | None) -> None:
     """Report (a collective); with a checkpoint every `save` step, after which the metrics up to
-    it are final and go to MLflow."""
+    it are final and go to MLflow. With a selection rule, a checkpoint's report carries the rule's
+    rank of it for Ray Train's retention (`CHECKPOINT_SCORE`; only Ray sees that entry)."""
+    if t.selection is not None and save:
+        metrics = {**metrics, CHECKPOINT_SCORE: t.selection.checkpoint_score(step)}
     if not save:
         ray.train.report(metrics)
         return
@@ -380,6 +417,7 @@ def print_progress(name: str, step: int, total: int, metrics: dict, elapsed: flo
     rate = n / max(elapsed, 1e-9)
     eta = (total - step) / rate if rate > 0 else float("nan")
     shown = "  ".join(
-        f"{k} {metrics[k]:.4g}" for k in ("loss/total", "loss", *HEADLINE_METRICS) if k in metrics
+        f"{k} {metrics[k]:.4g}" for k in ("loss/total", "loss", *HEADLINE_METRICS, *(f"select/{m}" for m in HEADLINE_METRICS))
+        if k in metrics
     )
     print(f"[{name}] step {step}/{total}  {shown}  {rate:.2f} it/s  eta {eta / 60:.1f} min", flush=True)

@@ -36,5 +36,7 @@ def prepare_eval_assets(job, image_size: int, workspace: Workspace) -> str:
     cache = workspace.eval_cache()
     network = build_feature_network(job.eval.metrics, data, "cpu", cache_dir=cache, progress=True)
     real = real_reference(network, job.eval.metrics, data, image_size, cache_dir=cache)
+    if (selection := getattr(job.eval, "selection_metrics", None)) is not None:  # the selection set's own reference
+        real_reference(network, selection, data, image_size, cache_dir=cache)
     workspace.save_eval_cache(cache)
     return f"{network.fingerprint} vs {real.description}"

@@ -1,0 +1,101 @@
+"""The converged-base protocol on real Ray and MLflow: a run whose weights barely move (lr 1e-9),
+so that its selection evaluations are equal within far less than min_delta: the first one stays
+the best, the rule stops training `patience` evaluations later, Ray Train keeps that best
+checkpoint with `keep: 1` while deleting the one between, and a later step takes it with
+`step:pretrain@best`, its run saying which and why."""
+import json
+from pathlib import Path
+
+import pytest
+
+from sar_core.checkpoint import read_header
+from sar_platform.runner import run_job
+from sar_platform.spec import load_job
+from tests.sar_platform.conftest import GENERATOR_MODEL, eval_spec, experiment_runs, spec
+
+pytestmark = pytest.mark.ray
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, ray_local, mlflow_uri, tokenizer_path):
+    tmp = tmp_path_factory.mktemp("selection")
+    scoring = eval_spec(100)[1:-1]  # sampling and metrics, flow style, without the braces
+    path = spec(tmp, f"""
+        kind: pipeline
+        name: converged
+        storage: {{path: {tmp}/ws}}
+        mlflow: {{tracking_uri: "{mlflow_uri}", experiment: selection-test}}
+        resources: {{num_workers: 1, cpus_per_worker: 2}}
+        steps:
+          pretrain:
+            kind: train
+            tokenizer: {tokenizer_path}
+            model: {GENERATOR_MODEL}
+            schedule: {{scales: [1, 2, 3, 5, 7]}}
+            data: {{limit: 256}}
+            optim: {{lr: 1.0e-9, batch_size: 16, steps: 10}}
+            checkpoint: {{every_steps: 2, keep: 1}}
+            log: {{every_steps: 2}}
+            eval: {{every_steps: 2, select: {{patience: 2, min_delta: 0.5}}, figures: false, {scoring}}}
+          tf:
+            kind: train
+            tokenizer: {tokenizer_path}
+            init_from: step:pretrain@best
+            schedule: {{scales: [1, 2, 3, 5, 7]}}
+            data: {{limit: 256}}
+            optim: {{lr: 0.001, batch_size: 16, steps: 1}}
+            checkpoint: {{every_steps: 1}}
+            log: {{every_steps: 1}}
+            eval: {{at_end: false}}
+    """)
+    outputs = run_job(load_job(path), spec_text=path.read_text())
+    runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "selection-test")} | {"uri": mlflow_uri}
+    return outputs["steps"], runs, Path(f"{tmp}/ws/runs/converged.pretrain")
+
+
+def test_the_rule_keeps_the_first_evaluation_and_stops_training_patience_evaluations_later(pipeline):
+    steps, _, _ = pipeline
+    selection = steps["pretrain"]["selection"]
+    assert [s for s, _ in selection["evaluations"]] == [2, 4, 6]  # not 8 or 10: training ended at 6
+    assert max(v for _, v in selection["evaluations"]) - min(v for _, v in selection["evaluations"]) < 0.5
+    assert selection["best_step"] == 2 and selection["best_value"] == selection["evaluations"][0][1]
+    assert selection["stopped_early"] and selection["stop_reason"].startswith(
+        "stopped at step 6: 2 evaluations without improving by at least 0.5 on select/fid")
+    assert selection["rule"] == ("lowest select/fid (selection samples, seed 1), improving by at least 0.5; "
+                                 "stop after 2 evaluations without improvement")
+    assert steps["pretrain"]["metrics"]["step"] == 6 and "fid" in steps["pretrain"]["metrics"]  # final evaluation at 6
+
+
+def test_retention_keeps_the_best_and_the_latest_checkpoint_and_the_best_carries_its_evaluations(pipeline):
+    steps, _, run_dir = pipeline
+    assert sorted(p.name for p in run_dir.glob("checkpoint_0*")) == ["checkpoint_00000002", "checkpoint_00000006"]
+    assert steps["pretrain"]["checkpoint"].endswith("checkpoint_00000006")
+    assert steps["pretrain"]["selection"]["generator"] == f"{run_dir}/checkpoint_00000002/generator.safetensors"
+    history = json.loads((run_dir / "checkpoint_00000006" / "selection.json").read_text())["history"]
+    assert history == steps["pretrain"]["selection"]["evaluations"]  # what a resumed run replays
+
+
+def test_the_run_records_the_selection_curve_apart_from_the_final_evaluation_and_the_rule(pipeline):
+    steps, runs, _ = pipeline
+    from mlflow.tracking import MlflowClient
+
+    run = runs["converged.pretrain"]
+    curve = MlflowClient(runs["uri"]).get_metric_history(run.info.run_id, "select/fid")
+    assert [(m.step, m.value) for m in curve] == [tuple(e) for e in steps["pretrain"]["selection"]["evaluations"]]
+    assert [m.step for m in MlflowClient(runs["uri"]).get_metric_history(run.info.run_id, "fid")] == [6]  # final only
+    assert run.data.params["eval.select.patience"] == "2" and run.data.params["eval.select.seed"] == "1"
+    assert run.data.metrics["select/best_step"] == 2 and run.data.metrics["select/stopped_early"] == 1
+    assert run.data.tags["sar.select.best_checkpoint"].endswith("checkpoint_00000002")
+    assert run.data.tags["sar.select.outcome"].endswith("stopped at step 6: 2 evaluations without improving by at "
+                                                        f"least 0.5 on select/fid = {run.data.metrics['select/best_fid']:.4g} "
+                                                        "(step 2); patience 2")
+
+
+def test_the_next_step_starts_from_the_best_checkpoint_and_says_which_and_why(pipeline):
+    steps, runs, run_dir = pipeline
+    _, _, meta = read_header(steps["tf"]["generator"])
+    tags = runs["converged.tf"].data.tags
+    assert runs["converged.tf"].data.params["init_from"] == f"{run_dir}/checkpoint_00000002/generator.safetensors"
+    assert tags["sar.ref.init_from"] == "step:pretrain@best"
+    assert tags["sar.ref.init_from.chosen"].startswith("the best checkpoint of step pretrain by its rule: lowest select/fid")
+    assert tags["sar.step_offset"] == "2" and int(meta["step"]) == 3  # continues the best checkpoint's step axis
