@@ -100,7 +100,7 @@ class GeneratorTask:
         title = f"{self.run_name} @ step {global_step}: {self.job.objective.summary()}"
         return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default,
                                   Path(tempfile.mkdtemp()), global_step, title, self.probe, self.handle,
-                                  cache_dir=self.workspace.eval_cache())
+                                  cache_dir=self.workspace.eval_cache(), final=final)
 
     def save(self, model, directory: Path, step: int) -> None:
         """The weights, with the run's name and the global step they were reached at (a run that
