@@ -152,7 +152,7 @@ def guidance_table(scores: dict[str, float], grid: Iterable[float]) -> str:
     """One row per weight: the report set's headline metrics (± standard error) and the selection
     FID; the best weight marked with *."""
     best = scores.get("best_cfg")
-    head = f"{'cfg':>8}  " + "  ".join(f"{m:>17}" for m in HEADLINE_METRICS) + f"  {'select fid':>10}"
+    head = f"{'cfg':>8}  " + "  ".join(f"{m:>9}{'':9}" for m in HEADLINE_METRICS) + f"  {'select fid':>10}"
     rows = [head]
     for g in grid:
         p = cfg_prefix(g)
