@@ -228,20 +228,40 @@ def cmd_ui(args) -> int:
     return 0
 
 
-def _checkpoints(args):
-    from sar_core.token_sampling import SamplingConfig
+def _guidance(text: str | None, grid_allowed: bool):
+    """`--cfg`: one weight (2.5) or, where a grid is allowed, comma-separated weights (0.5,1.5,2.5)."""
+    from sar_core.eval.guidance import GRID_FIX, guidance_grid
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+        grid = guidance_grid(values) if "," in text else None
+    except ValueError as e:
+        why = str(e).split(";")[0] if "cfg:" in str(e) else f"{text!r} is not a list of numbers"
+        raise UsageError(f"--cfg: {why.removeprefix('cfg: ')}; {GRID_FIX.replace('write cfg as', 'give')} "
+                         "(comma-separated, no spaces)") from None
+    if grid is not None and not grid_allowed:
+        raise UsageError(f"--cfg: sar sample draws at one guidance weight; got the grid {text} (sar eval scores grids)")
+    return grid if grid is not None else values[0]
+
+
+def _checkpoints(args, grid_allowed: bool = False):
+    from sar_core.eval import EvalSampling
     from sar_platform.driver.adhoc import Checkpoints
 
     try:
         schedule = tuple(int(s) for s in args.schedule.split(",")) if args.schedule else None
     except ValueError:
         raise UsageError(f"--schedule must be comma-separated scale sizes such as 1,2,3,5,7; got {args.schedule!r}") from None
-    given = {k: v for k, v in (("cfg", args.cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
+    cfg = _guidance(args.cfg, grid_allowed)
+    given = {k: v for k, v in (("cfg", cfg), ("top_k", args.top_k), ("top_p", args.top_p)) if v is not None}
     try:
-        sampling = SamplingConfig.from_preset(args.sampling, **given) if args.sampling else SamplingConfig(**given)
+        sampling = EvalSampling.from_preset(args.sampling, **given) if args.sampling else EvalSampling(**given)
     except ValueError as e:
         raise UsageError(f"--sampling / --cfg / --top-k / --top-p: {e}") from None
-    return Checkpoints(args.generator, args.tokenizer, schedule, sampling, args.out, args.device)
+    return Checkpoints(args.generator, args.tokenizer, schedule, sampling if grid_allowed else sampling.single(), args.out,
+                       args.device)
 
 
 def build_sample(args):
@@ -261,7 +281,7 @@ def cmd_sample(args) -> int:
     return 0
 
 
-EVAL_FLAGS = {"inception_weights": "--inception-weights"}
+EVAL_FLAGS = {"inception_weights": "--inception-weights", "selection_seed": "--selection-seed"}
 """MetricConfig fields set by a flag that other flags can make unread."""
 
 
@@ -273,14 +293,18 @@ def build_eval(args):
     try:
         metrics = MetricConfig(num_samples=args.num_samples, feature_network=args.feature_network,
                                inception_weights=args.inception_weights or "", reference=args.reference,
-                               batch_size=min(250, args.num_samples), seed=args.seed)
+                               batch_size=min(250, args.num_samples), seed=args.seed, selection_seed=args.selection_seed)
         data = DataSpec(dataset=args.dataset, root=args.data_root)
     except ValueError as e:
         raise UsageError(str(e).splitlines()[-1] if "validation error" in str(e) else str(e)) from None
-    for field, why in metrics.unread_fields().items():
+    checkpoints = _checkpoints(args, grid_allowed=True)
+    unread = metrics.unread_fields()
+    if checkpoints.sampling.grid is None:
+        unread["selection_seed"] = "is only read with a guidance grid (--cfg 0.5,1.5,2.5)"
+    for field, why in unread.items():
         if field in EVAL_FLAGS and getattr(args, field) is not None:
             raise UsageError(f"{EVAL_FLAGS[field]} {why}")
-    return ScoreRequest(_checkpoints(args), metrics, data)
+    return ScoreRequest(checkpoints, metrics, data)
 
 
 def cmd_eval(args) -> int:
@@ -395,7 +419,8 @@ def add_checkpoint_arguments(p) -> None:
     p.add_argument("--schedule", help="scales, e.g. 1,2,3,4,5,7 (default: 1..latent size)")
     p.add_argument("--sampling", metavar="PRESET",
                    help="a sampling preset: flexvar_eval is FlexVAR's published evaluation; --cfg/--top-k/--top-p override it")
-    p.add_argument("--cfg", type=float, help="guidance weight (default: the preset's, else the spec default 2.5)")
+    p.add_argument("--cfg", help="guidance weight (default: the preset's, else the spec default 2.5); sar eval also takes "
+                                 "a grid such as 0.5,1.5,2.5 (scored at each weight, best_cfg picked on a second sample set)")
     p.add_argument("--top-k", type=int, help="(default: the preset's, else 900)")
     p.add_argument("--top-p", type=float, help="(default: the preset's, else 0.95)")
     p.add_argument("--seed", type=int, default=0, help="seeds the generation (eval: also the reference images)")
@@ -418,6 +443,8 @@ def add_eval(sub) -> None:
     p.add_argument("--feature-network", choices=["fmnist_classifier", "inception"], default="fmnist_classifier")
     p.add_argument("--inception-weights", help="pt_inception-2015-12-05-6726825d.pth (for --feature-network inception)")
     p.add_argument("--reference", default="train", help="real set: dataset split or a reference .npz")
+    p.add_argument("--selection-seed", type=int, help="with a --cfg grid: seeds the samples best_cfg is picked on "
+                                                      "(default: --seed + 1,000,000)")
     p.add_argument("--dataset", choices=["fashion_mnist", "image_folder"], default="fashion_mnist")
     p.add_argument("--data-root", help="the data set's folder (image_folder: holds <split>/<class>/)")
     p.set_defaults(func=cmd_eval, build=build_eval)

@@ -10,6 +10,9 @@ from typing import Literal
 
 FeatureNetworkName = Literal["fmnist_classifier", "inception"]
 
+SELECTION_SEED_OFFSET = 1_000_000
+"""The default selection seed is seed + this: far from the small seeds runs are given (0, 1, 2, ...)."""
+
 
 def _require(ok: bool, field: str, allowed: str, value) -> None:
     if not ok:
@@ -37,6 +40,9 @@ class MetricConfig:
     fid_at_scales: also score the generation stopped at these scale sizes (the paper's "FID @ 4");
         each must be a scale of the evaluated schedule.
     seed: seeds the generation (per global batch) and the choice of real reference images.
+    selection_seed: with a guidance grid (sampling cfg a list), seeds the second sample set that
+        picks the best guidance weight (sar_core/eval/guidance.py); None: seed + 1,000,000. Must
+        differ from seed: the pick and the reported numbers come from different draws.
     save_npz: also write the samples as the ADM evaluator's NHWC uint8 `samples.npz`.
     bootstrap: resamples of the generated samples behind each metric's standard error (`fid_se`,
         ...; see sar_core/eval/uncertainty.py); 0: no standard errors.
@@ -57,6 +63,7 @@ class MetricConfig:
     block_size: int = 5000
     fid_at_scales: tuple[int, ...] = ()
     seed: int = 0
+    selection_seed: int | None = None
     save_npz: bool = False
     bootstrap: int = 20
 
@@ -73,6 +80,9 @@ class MetricConfig:
         _require(self.block_size >= 1, "block_size", "an integer >= 1", self.block_size)
         _require(all(isinstance(s, int) and s >= 1 for s in self.fid_at_scales), "fid_at_scales",
                  "a list of positive scale sizes (e.g. [4])", self.fid_at_scales)
+        _require(self.selection_seed is None or (self.selection_seed >= 0 and self.selection_seed != self.seed),
+                 "selection_seed", f"a seed >= 0 other than seed ({self.seed}), so that the guidance weight is picked on "
+                 f"other draws than the reported ones; leave it out for seed + {SELECTION_SEED_OFFSET:,}", self.selection_seed)
         _require(self.bootstrap == 0 or self.bootstrap >= 2, "bootstrap", "0 (no standard errors) or an integer >= 2",
                  self.bootstrap)
         if self.feature_network == "inception":
@@ -91,6 +101,11 @@ class MetricConfig:
         if self.reference_is_npz:
             out["num_reference"] = "is not read with a reference .npz (the file is used whole)"
         return out
+
+    @property
+    def selection_draw_seed(self) -> int:
+        """The seed of a guidance grid's selection samples."""
+        return self.seed + SELECTION_SEED_OFFSET if self.selection_seed is None else self.selection_seed
 
     @property
     def reference_is_npz(self) -> bool:

@@ -20,6 +20,11 @@ With `metrics.save_npz` the samples are also written as the ADM evaluator's `sam
 (uint8 NHWC `arr_0`, labels in `arr_1`); data-parallel, each rank writes `samples.rankNNN.npz` and
 rank 0 merges them (in rank order) when it can see them all (one shared output folder).
 
+With a guidance grid (`EvalSampling` whose `cfg` is a tuple) each weight's report set, and
+selection set, is generated and scored in turn against the same real reference (computed once);
+keys and the choice of `best_cfg` are in sar_core/eval/guidance.py. Figures and the npz show the
+report samples at best_cfg (every weight's npz lands in `cfg_<g>/`), plus `guidance.png`.
+
 Returned metric keys are MLflow-safe: `fid`, `is`, `precision`, `recall`, `fid_at/s04`, ...
 """
 from __future__ import annotations
@@ -42,6 +47,7 @@ from sar_core.eval.distributed import barrier, gather_rows, rank_and_world
 from sar_core.eval.export import NpzWriter, merge_npz, read_npz_batches, read_reference_npz
 from sar_core.eval.features import FeatureNetwork, Features, batch_features
 from sar_core.eval.fmnist_classifier import check_classifier_data, load_classifier
+from sar_core.eval.guidance import SampleSet, sample_sets, with_best_cfg
 from sar_core.eval.inception import load_inception
 from sar_core.eval.metrics import GaussianStats, frechet_distance
 from sar_core.eval.reference import RealReference, bootstrap_counts, choose_rows, real_reference, score
@@ -122,12 +128,14 @@ class _Collector:
 
 
 @torch.no_grad()
-def _generate_and_extract(generator, tokenizer, sampling, metrics, schedule, network, data, device, progress, npz):
+def _generate_and_extract(generator, tokenizer, sample_set: SampleSet, schedule, network, data, device, progress, npz):
     rank, world = rank_and_world()
+    sampling, metrics = sample_set.sampling, sample_set.metrics
     num_classes = generator.config.num_classes
     mine = range(rank, math.ceil(metrics.num_samples / metrics.batch_size), world)
     rows = _Collector(metrics.fid_at_scales, network)
-    for b in progress_bar(mine, desc="evaluating", unit="batch", disable=not progress or rank != 0):
+    label = sample_set.label if sample_set.prefix else "evaluating"
+    for b in progress_bar(mine, desc=label, unit="batch", disable=not progress or rank != 0):
         start, end = b * metrics.batch_size, min((b + 1) * metrics.batch_size, metrics.num_samples)
         labels = class_balanced_labels(start, end, num_classes).to(device)
         rng = torch.Generator(device=device).manual_seed(metrics.seed * 1_000_003 + b)
@@ -144,13 +152,19 @@ def _generate_and_extract(generator, tokenizer, sampling, metrics, schedule, net
     return rows
 
 
-def _npz_writer(out_dir: Path, metrics: MetricConfig, tokenizer, count: int) -> NpzWriter | None:
+def _npz_folder(out_dir: Path, sample_set: SampleSet) -> Path:
+    """One weight: `out_dir`; a grid's report set at weight g: `out_dir/cfg_<g>`."""
+    return out_dir / f"cfg_{sample_set.cfg:g}" if sample_set.prefix else out_dir
+
+
+def _npz_writer(folder: Path, metrics: MetricConfig, tokenizer, count: int) -> NpzWriter | None:
     if not metrics.save_npz:
         return None
     rank, world = rank_and_world()
     c, s = tokenizer.config.in_channels, tokenizer.config.image_size
     name = "samples.npz" if world == 1 else f"samples.rank{rank:03d}.npz"
-    return NpzWriter(out_dir / name, count, (s, s, c), with_labels=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return NpzWriter(folder / name, count, (s, s, c), with_labels=True)
 
 
 def _rank_count(metrics: MetricConfig) -> int:
@@ -175,13 +189,15 @@ def evaluate(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     title: str = "",
+    selection: bool = True,
 ) -> EvalResult:
     """Score a generator (module or checkpoint path) with a tokenizer (module or path).
 
     Returns the four metrics (+ FID@scale) with their standard errors, figure paths and, with
-    metrics.save_npz, the path of the ADM-format samples file. Figures are titled with `title`
-    (e.g. run, objective, step) and the sampler. See the module docstring for the data-parallel
-    behaviour."""
+    metrics.save_npz, the path of the ADM-format samples file. `sampling` may be an EvalSampling
+    with a guidance grid: every weight is scored (sar_core/eval/guidance.py; `selection` False
+    skips the selection sets, and with them best_cfg). Figures are titled with `title` (e.g. run,
+    objective, step) and the sampler. See the module docstring for the data-parallel behaviour."""
     t0 = time.perf_counter()
     rank, world = rank_and_world()
     device = torch.device(device) if device is not None else None
@@ -196,27 +212,65 @@ def evaluate(
     cache_dir = Path(cache_dir) if cache_dir else None
     network = (feature_network or build_feature_network(metrics, data, device, cache_dir, progress)).to(device).eval()
 
-    npz = _npz_writer(out_dir, metrics, tokenizer, _rank_count(metrics))
-    rows = _generate_and_extract(generator, tokenizer, sampling, metrics, schedule, network, data, device, progress, npz)
-    samples_path = npz.close() if npz is not None else None
-    gathered = rows.gathered()
-    result = EvalResult({}, {}, _rank_count(metrics), network.fingerprint, rank=rank, world_size=world, samples_path=samples_path)
+    sets = sample_sets(sampling, metrics, selection)
+    scored = _score_sets(sets, generator, tokenizer, schedule, network, metrics, data, out_dir, device, progress, cache_dir)
+    shown = next(s for s in sets if s.cfg == scored.metrics.get("best_cfg", sets[0].cfg))  # what figures and npz show
+    result = EvalResult({}, {}, _rank_count(metrics), network.fingerprint, rank=rank, world_size=world,
+                        samples_path=scored.npz_paths.get(shown.cfg))
     if rank == 0:
-        real = real_reference(network, metrics, data, tokenizer.config.image_size, device, cache_dir)
-        result.metrics = _metrics(gathered, real, metrics, device)
-        result.reference, result.num_samples = real.description, len(gathered["index"])
+        result.metrics, result.reference, result.num_samples = scored.metrics, scored.reference, scored.num_samples
         if figures is not None:
-            result.figures = render_figures(generator, tokenizer, sampling, schedule, figures, metrics, data, out_dir, device,
-                                            title)
+            result.figures = render_figures(generator, tokenizer, shown.sampling, schedule, figures, metrics, data, out_dir,
+                                            device, title)
+            if "best_cfg" in scored.metrics:
+                heading = (f"{title}\n" if title else "") + (f"{sampling.summary()}; N={scored.num_samples}, report seed "
+                                                           f"{metrics.seed}, selection seed {metrics.selection_draw_seed}")
+                result.figures["guidance"] = figs.guidance_figure(scored.metrics, [s.cfg for s in sets if not s.selection],
+                                                                  out_dir / "guidance.png", heading)
     barrier()
     if rank == 0 and world > 1 and metrics.save_npz:
-        parts = [out_dir / f"samples.rank{r:03d}.npz" for r in range(world)]
-        if all(p.is_file() for p in parts):  # one shared folder; on separate disks the parts stay
-            result.samples_path = merge_npz(parts, out_dir / "samples.npz")
+        result.samples_path = _merge_rank_npz(_npz_folder(out_dir, shown), world) or result.samples_path
     result.seconds = round(time.perf_counter() - t0, 2)
     result.info = {"network": result.feature_network, "reference": result.reference, "num_samples": result.num_samples,
                    "world_size": world, "seconds": result.seconds, "samples_path": str(result.samples_path or "")}
     return result
+
+
+@dataclass
+class _Scored:
+    metrics: dict[str, float]  # rank 0 only
+    npz_paths: dict[float, Path]  # guidance weight -> this rank's samples file of its report set
+    reference: str = ""
+    num_samples: int = 0
+
+
+def _score_sets(sets: list[SampleSet], generator, tokenizer, schedule, network, metrics: MetricConfig, data, out_dir: Path,
+                device, progress: bool, cache_dir) -> _Scored:
+    """Generate and score every sample set against one real reference (computed once, on rank 0);
+    with selection sets, the best weight's report keys are added unprefixed."""
+    rank, _ = rank_and_world()
+    out, real = _Scored({}, {}), None
+    for sample_set in sets:
+        npz = _npz_writer(_npz_folder(out_dir, sample_set), sample_set.metrics, tokenizer, _rank_count(metrics))
+        rows = _generate_and_extract(generator, tokenizer, sample_set, schedule, network, data, device, progress, npz)
+        if npz is not None:
+            out.npz_paths[sample_set.cfg] = npz.close()
+        gathered = rows.gathered()
+        if rank == 0:
+            real = real or real_reference(network, metrics, data, tokenizer.config.image_size, device, cache_dir)
+            measured = _metrics(gathered, real, sample_set.metrics, device)
+            out.metrics |= {sample_set.prefix + k: v for k, v in measured.items()}
+            out.reference, out.num_samples = real.description, len(gathered["index"])
+    if rank == 0 and any(s.selection for s in sets):
+        out.metrics = with_best_cfg(out.metrics, tuple(s.cfg for s in sets if not s.selection))
+    return out
+
+
+def _merge_rank_npz(folder: Path, world: int) -> Path | None:
+    """The ranks' sample files merged in rank order, when rank 0 sees them all (one shared folder;
+    on separate disks the parts stay)."""
+    parts = [folder / f"samples.rank{r:03d}.npz" for r in range(world)]
+    return merge_npz(parts, folder / "samples.npz") if all(p.is_file() for p in parts) else None
 
 
 def _metrics(rows: dict[str, np.ndarray], real: RealReference, metrics: MetricConfig, device) -> dict[str, float]:

@@ -8,6 +8,7 @@
   latent maps (decoded with the tokenizer when one is given, else shown as a per-pixel norm) or
   difference maps (channel-mean magnitude, one colour scale per row).
 - `student_forcing_figure`: Fig. 8 for one (probe) image, from a student-forcing trace.
+- `guidance_figure`: FID / IS / precision / recall against the guidance weight of one evaluation.
 
 Matplotlib is used through its object API with the Agg canvas (no pyplot, no global backend).
 """
@@ -102,6 +103,28 @@ def trajectory_figure(scale_images: Sequence[torch.Tensor], scales: Sequence[int
             _show(axes[i][k], to_display(scale_images[k][i]), col_title)
             if k == 0 and row_titles:
                 axes[i][k].set_ylabel(row_titles[i], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def guidance_figure(scores: dict[str, float], grid: Sequence[float], path: str | Path, title: str = "") -> Path:
+    """The headline metrics against the guidance weight (keys of sar_core/eval/guidance.py): the
+    report set with its standard errors, the selection set dashed, best_cfg as a vertical line."""
+    grid = sorted(grid)
+    fig = Figure(figsize=(11, 3.2 + (0.3 if title else 0)))
+    axes = fig.subplots(1, 4)
+    for ax, metric in zip(axes, ("fid", "is", "precision", "recall")):
+        report = [scores[f"cfg/{g:g}/{metric}"] for g in grid]
+        se = [scores.get(f"cfg/{g:g}/{metric}_se", 0.0) for g in grid]
+        ax.errorbar(grid, report, yerr=se, marker="o", capsize=3, label="report set (± s.e.)")
+        ax.plot(grid, [scores[f"cfg/{g:g}/select/{metric}"] for g in grid], "s--", alpha=0.7, label="selection set")
+        if "best_cfg" in scores:
+            ax.axvline(scores["best_cfg"], color="grey", linestyle=":", label=f"best_cfg {scores['best_cfg']:g}")
+        ax.set_xlabel("guidance weight cfg")
+        ax.set_title(metric.upper() if metric in ("fid", "is") else metric, fontsize=9)
+    axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()

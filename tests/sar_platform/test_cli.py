@@ -50,6 +50,7 @@ PREREQUISITES = {
     ("eval", "inception_weights"): ["--feature-network", "inception"],
     ("eval", "feature_network"): ["--inception-weights", "w.pth"],
     ("eval", "dataset"): ["--data-root", "folder"],
+    ("eval", "selection_seed"): ["--cfg", "0.5,1.5"],
 }
 
 
@@ -83,7 +84,7 @@ def alternative(action: argparse.Action, base: list[str], other_spec: str) -> li
     if flag in base:  # a required string given in the base: another value
         i = base.index(flag)
         return [*base[:i + 1], base[i + 1] + ".other", *base[i + 2:]]
-    value = {"schedule": "1,2,3,5,7", "labels": "0,3", "sampling": "flexvar_eval"}.get(action.dest, "x-value")
+    value = {"schedule": "1,2,3,5,7", "labels": "0,3", "sampling": "flexvar_eval", "cfg": "0.5"}.get(action.dest, "x-value")
     return [*base, flag, value]
 
 
@@ -117,6 +118,14 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
     assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and len(checked) >= 48
 
 
+def test_eval_cfg_takes_one_weight_or_a_grid():
+    one = built(["eval", *CHECKPOINTS, "--cfg", "1.5"]).checkpoints.sampling
+    assert one.cfg == 1.5 and one.grid is None
+    grid = built(["eval", *CHECKPOINTS, "--sampling", "flexvar_eval", "--cfg", "0.5,1.5,2.5", "--selection-seed", "9"])
+    assert grid.checkpoints.sampling.grid == (0.5, 1.5, 2.5) and grid.checkpoints.sampling.cfg_ramp == "flexvar"
+    assert grid.metrics.selection_seed == 9
+
+
 def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generation():
     assert built(["eval", *CHECKPOINTS, "--seed", "123"]).metrics.seed == 123
     assert built(["sample", *CHECKPOINTS, "--seed", "123"]).seed == 123
@@ -127,6 +136,12 @@ def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generati
     (["eval", *CHECKPOINTS, "--feature-network", "inception"], "inception_weights must be a path or URI"),
     (["eval", *CHECKPOINTS, "--top-p", "1.5"], "top_p must be in [0, 1]"),
     (["sample", *CHECKPOINTS, "--schedule", "1,x"], "--schedule must be comma-separated"),
+    (["eval", *CHECKPOINTS, "--cfg", "0.5,x"], "--cfg: '0.5,x' is not a list of numbers; give one guidance weight"),
+    (["eval", *CHECKPOINTS, "--cfg", "0.5,1.5,0.5"], "--cfg: [0.5, 1.5, 0.5] repeats 0.5"),
+    (["eval", *CHECKPOINTS, "--cfg", "1,"], "--cfg: '1,' is not a list of numbers"),
+    (["eval", *CHECKPOINTS, "--selection-seed", "5"], "--selection-seed is only read with a guidance grid"),
+    (["eval", *CHECKPOINTS, "--cfg", "1,2", "--selection-seed", "0"], "selection_seed must be a seed >= 0 other than seed"),
+    (["sample", *CHECKPOINTS, "--cfg", "1,2"], "sar sample draws at one guidance weight"),
     (["ui", "SPEC", "--port", "5056"], "give SPEC or --workspace / --port, not both"),
     (["run", "SPEC", "--address", "127.0.0.1:6379", "--num-cpus", "2"], "--num-cpus sizes the embedded Ray"),
 ])

@@ -84,7 +84,7 @@ def test_objective_presets_expand_with_explicit_fields_on_top(tmp_path):
 
 def test_sampling_presets_expand_with_explicit_fields_on_top(tmp_path):
     job = load_job(write(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar_eval, top_k: 50}}\n"))
-    assert job.eval.sampling == SamplingConfig.from_preset("flexvar_eval", top_k=50)
+    assert job.eval.sampling.single() == SamplingConfig.from_preset("flexvar_eval", top_k=50)
     assert job.eval.sampling.cfg_ramp == "flexvar" and job.eval.sampling.flexvar_max_size == 16
     (problem,) = errors(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar}}\n")
     assert ":7:" in problem and "eval.sampling: unknown sampling preset 'flexvar'; presets: flexvar_eval" in problem

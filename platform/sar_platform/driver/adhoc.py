@@ -18,6 +18,7 @@ from sar_core.checkpoint import load_model
 from sar_core.eval import MetricConfig, evaluate
 from sar_core.eval.export import save_samples_npz
 from sar_core.eval.figures import sample_grid
+from sar_core.eval.guidance import guidance_table
 from sar_core.generation import generate
 from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
@@ -31,7 +32,7 @@ class Checkpoints:
     generator: str
     tokenizer: str
     schedule: tuple[int, ...] | None  # None: every scale 1..the tokenizer's latent size
-    sampling: SamplingConfig
+    sampling: SamplingConfig  # sar eval: an EvalSampling, whose cfg may be a guidance grid
     out: str
     device: str  # cuda, cpu or auto
 
@@ -82,6 +83,12 @@ def score_checkpoint(request: ScoreRequest) -> None:
     device, tokenizer, generator, schedule = _setup(c)
     data = request.data.image_dataset(tokenizer.config.image_size)
     result = evaluate(generator, tokenizer, c.sampling, request.metrics, schedule, c.out, data=data, device=device)
+    grid = getattr(c.sampling, "grid", None)
+    seeds = {"seed": request.metrics.seed}
+    if grid is not None:
+        seeds["selection_seed"] = request.metrics.selection_draw_seed
+        seeds.update({f"sampler/cfg_{g:g}": c.sampling.at(g).summary() for g in grid})
     print(json.dumps({"metrics": result.metrics, "figures": {k: str(v) for k, v in result.figures.items()},
-                      **result.info, "sampling": c.sampling.summary(), "schedule": str(schedule),
-                      "seed": request.metrics.seed}, indent=2))
+                      **result.info, "sampling": c.sampling.summary(), "schedule": str(schedule), **seeds}, indent=2))
+    if grid is not None:
+        print(guidance_table(result.metrics, grid))

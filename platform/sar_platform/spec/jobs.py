@@ -14,15 +14,15 @@ from sar_core.data.dataset import ImageDataset, SplitImages
 from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.data.image_folder import ImageFolderConfig
 from sar_core.eval.config import MetricConfig
+from sar_core.eval.guidance import EvalSampling
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
-from sar_core.token_sampling import SamplingConfig
 from sar_core.tokenizer import TokenizerConfig
 from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, Seed, StrictModel, Unread, prefixed
 from sar_platform.spec.overrides import check_sweep, trial_job
 from sar_platform.spec.selection import SelectSpec
-from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, Sampling, ScheduleSpec
+from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, ScheduleSpec, ScoringSampling
 
 Precision = Literal["auto", "fp32", "bf16"]
 """auto: bf16 autocast on GPU workers, fp32 on CPU."""
@@ -77,15 +77,20 @@ class DataSpec(StrictModel):
 class ScoringSpec(StrictModel):
     """How generated samples are drawn and scored."""
 
-    sampling: Sampling = SamplingConfig()
-    """How samples are drawn; `preset: flexvar_eval` is FlexVAR's published evaluation (fields set next to it override it)."""
+    sampling: ScoringSampling = EvalSampling()
+    """How samples are drawn; `preset: flexvar_eval` is FlexVAR's published evaluation (fields set next to it override it).
+    `cfg: [0.5, 1.5, 2.5]` scores at every guidance weight and picks best_cfg on a second sample set
+    (metrics.selection_seed); training's periodic evaluations use the first weight only."""
     metrics: MetricConfig = MetricConfig()
     figures: bool = True
     """Log the sample grid, the trajectory (Fig. 7) and, in training, the student-forcing rows (Fig. 8)."""
 
     def unread_fields(self) -> Unread:
-        return {**prefixed(("sampling",), self.sampling.unread_fields()),
-                **prefixed(("metrics",), self.metrics.unread_fields())}
+        out = {**prefixed(("sampling",), self.sampling.unread_fields()),
+               **prefixed(("metrics",), self.metrics.unread_fields())}
+        if self.sampling.grid is None:
+            out[("metrics", "selection_seed")] = "is only read with a guidance grid (sampling.cfg a list such as [0.5, 1.5, 2.5])"
+        return out
 
     def conflicts(self, scales: tuple[int, ...]) -> list[tuple[FieldPath, str]]:
         """Against the schedule the evaluation generates with."""

@@ -4,10 +4,12 @@ Validation runs in the `sar` process when a spec is loaded; workers only read th
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
 
+from sar_core.eval.guidance import EvalSampling, guidance_weights
 from sar_core.objectives import ObjectiveConfig, SamplingStrategy, merge_preset, unread_rollout_fields
 from sar_core.schedule import DrawRule, ScaleSchedule, ScheduleDraw
 from sar_core.token_sampling import SamplingConfig, merge_sampling_preset
@@ -118,6 +120,21 @@ def expand_sampling_preset(value: Any) -> Any:
 
 
 Sampling = Annotated[SamplingConfig, BeforeValidator(expand_sampling_preset)]
+
+
+def expand_eval_sampling(value: Any) -> Any:
+    """The preset expanded, and a `cfg` list checked as a guidance grid here, so that a bad grid
+    is one error naming the fix (not one per reading of the union)."""
+    if isinstance(value, SamplingConfig) and not isinstance(value, EvalSampling):
+        return {f.name: getattr(value, f.name) for f in fields(SamplingConfig)}
+    value = expand_sampling_preset(value)
+    if isinstance(value, dict) and isinstance(value.get("cfg"), (list, tuple, str)):
+        return {**value, "cfg": guidance_weights(value["cfg"])}
+    return value
+
+
+ScoringSampling = Annotated[EvalSampling, BeforeValidator(expand_eval_sampling)]
+"""An evaluation's sampler: `cfg` one guidance weight or a list (a grid, sar_core/eval/guidance.py)."""
 
 
 class CheckpointSpec(StrictModel):

@@ -104,7 +104,7 @@ class GeneratorTask:
         job = selection_view(self.job) if selecting else self.job
         return evaluate_generator(unwrap(model), self.tokenizer, job, self.job.schedule.default,
                                   Path(tempfile.mkdtemp()), global_step, title, self.probe,
-                                  None if selecting else self.handle, cache_dir=self.workspace.eval_cache())
+                                  None if selecting else self.handle, cache_dir=self.workspace.eval_cache(), final=final)
 
     def save(self, model, directory: Path, step: int) -> None:
         """The weights, with the run's name and the global step they were reached at (a run that
