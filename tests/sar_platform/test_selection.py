@@ -121,8 +121,9 @@ def test_a_selection_spec_names_its_rule_and_its_own_sample_set(tmp_path):
 
 
 @pytest.mark.parametrize("written, expected", [
-    ("eval: {every_steps: 700}", "eval.every_steps: 700 is not a multiple of checkpoint.every_steps = 500: every "
-                                 "evaluated step must be a checkpoint; use a multiple of 500 (e.g. 1000)"),
+    ("eval: {every_steps: 700, select: {}}", "eval.every_steps: 700 is not a multiple of checkpoint.every_steps = 500: "
+                                             "the selection rule can only pick a kept checkpoint; use a multiple of 500 "
+                                             "(e.g. 1000)"),
     ("eval: {select: {metric: fid}}", "eval.select: needs periodic evaluations to choose from; set eval.every_steps"),
     ("eval: {every_steps: 3500, select: {}}", "eval.every_steps: 3500 is beyond optim.steps = 3000"),
     ("eval: {every_steps: 500, select: {seed: 0}}", "eval.select.seed: 0 is eval.metrics.seed too: the selection "

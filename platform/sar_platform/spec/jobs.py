@@ -121,16 +121,16 @@ class EvalSpec(ScoringSpec):
         return None if self.select is None else dataclasses.replace(self.metrics, seed=self.select.seed)
 
     def conflicts_with(self, checkpoint_every: int, steps: int | None) -> list[tuple[FieldPath, str]]:
-        """Periodic evaluations against the checkpoints (evaluated weights must be kept) and the
-        run's length (`steps`, None when given in epochs)."""
+        """A selection rule's periodic evaluations against the checkpoints (the picked weights must be
+        kept) and the run's length (`steps`, None when given in epochs)."""
         out = []
         e, c = self.every_steps, checkpoint_every
-        if e and e % c:
-            out.append((("every_steps",), f"{e} is not a multiple of checkpoint.every_steps = {c}: every evaluated "
-                                          f"step must be a checkpoint; use a multiple of {c} (e.g. {-(-e // c) * c}) "
-                                          f"or a checkpoint.every_steps that divides {e}"))
         if self.select is None:
             return out
+        if e and e % c:
+            out.append((("every_steps",), f"{e} is not a multiple of checkpoint.every_steps = {c}: the selection rule "
+                                          f"can only pick a kept checkpoint; use a multiple of {c} (e.g. "
+                                          f"{-(-e // c) * c}) or a checkpoint.every_steps that divides {e}"))
         if not e:
             out.append((("select",), "needs periodic evaluations to choose from; set eval.every_steps "
                                      f"(a multiple of checkpoint.every_steps = {c})"))
