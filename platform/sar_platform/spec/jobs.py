@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from sar_core.data.dataset import ImageDataset, SplitImages
 from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.data.image_folder import ImageFolderConfig
-from sar_core.eval.config import MetricConfig
+from sar_core.eval.config import ContinuationConfig, MetricConfig
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
@@ -100,6 +100,9 @@ class EvalSpec(ScoringSpec):
     every_steps: int = Field(0, ge=0)
     """Also evaluate every N training steps (0: only at the end)."""
     at_end: bool = True
+    continuation: ContinuationConfig | None = None
+    """Continuation quality at the final evaluation (`cont/k<k>/<metric>`): real images' first k
+    scales, the rest generated with `sampling`, scored with `metrics`; None: not measured."""
 
     @property
     def evaluates(self) -> bool:
@@ -108,8 +111,17 @@ class EvalSpec(ScoringSpec):
     def unread_fields(self) -> Unread:
         if not self.evaluates:
             why = "is not read: this job never evaluates (eval.at_end is false and eval.every_steps is 0)"
-            return {("sampling",): why, ("metrics",): why, ("figures",): why}
-        return super().unread_fields()
+            return {("sampling",): why, ("metrics",): why, ("figures",): why, ("continuation",): why}
+        out = super().unread_fields()
+        if not self.at_end:
+            out[("continuation",)] = "is only read by the final evaluation (set eval.at_end: true)"
+        return out
+
+    def conflicts(self, scales: tuple[int, ...]) -> list[tuple[FieldPath, str]]:
+        out = super().conflicts(scales)
+        if self.continuation is not None:
+            out += [(("continuation", f), why) for f, why in self.continuation.problems(len(scales), self.metrics).items()]
+        return out
 
 
 class TokenizerJob(JobCommon):

@@ -14,7 +14,9 @@ import torch.nn as nn
 
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
 from sar_core.generator import ScaleGenerator, unwrap
+from sar_core.eval.continuation import evaluate_continuation
 from sar_core.objectives import RolloutDraw, TokenBatch, build_objective, gap_diagnostics, probe_batch
+from sar_core.objectives.diagnostics import GaugeSettings
 from sar_platform.services.inputs import TrainInputs
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import RunHandle
@@ -63,7 +65,8 @@ class GeneratorTask:
         p = self.job.probe
         data = self.job.data.image_dataset(self.tokenizer.config.image_size)
         batch = probe_batch(data, p.split, p.images, p.seed, self.tokenizer, self.job.schedule.default, self.device)
-        probe = Probe(batch, RolloutDraw(p.sampling, p.rollout), p.seed, self.inputs.probe)
+        probe = Probe(batch, RolloutDraw(*p.draw(self.job.eval.sampling)), p.seed, self.inputs.probe)
+        self.gauges = GaugeSettings(p.rollout_draws(), p.calibration_fraction, p.seed)
         if self.rank == 0 and self.handle is not None:
             digest = hashlib.sha256(batch.labels.cpu().numpy().tobytes() + batch.tokens.cpu().numpy().tobytes()).hexdigest()
             self.handle.set_tags({"sar.probe": probe.description, "sar.probe.digest": digest[:16]})
@@ -93,14 +96,21 @@ class GeneratorTask:
         """The train-test gap on the probe, not on the training batch: every run of a comparison
         measures it on the same held-out images with the same sampler, whatever its objective."""
         rng = torch.Generator(self.device).manual_seed(self.probe.seed)
-        return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng)
+        return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng, self.gauges)
 
     def evaluate(self, model, step: int, final: bool):
         global_step = self.inputs.step_offset + step
         title = f"{self.run_name} @ step {global_step}: {self.job.objective.summary()}"
-        return evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default,
-                                  Path(tempfile.mkdtemp()), global_step, title, self.probe, self.handle,
-                                  cache_dir=self.workspace.eval_cache())
+        metrics, paths = evaluate_generator(unwrap(model), self.tokenizer, self.job, self.job.schedule.default,
+                                            Path(tempfile.mkdtemp()), global_step, title, self.probe, self.handle,
+                                            cache_dir=self.workspace.eval_cache())
+        e = self.job.eval
+        if final and e.continuation is not None:  # collective, like the evaluation; rank 0 gets the metrics
+            metrics.update(evaluate_continuation(
+                unwrap(model), self.tokenizer, e.sampling, e.continuation, e.metrics, self.job.schedule.default,
+                self.job.data.image_dataset(self.tokenizer.config.image_size), device=self.device,
+                cache_dir=self.workspace.eval_cache()))
+        return metrics, paths
 
     def save(self, model, directory: Path, step: int) -> None:
         """The weights, with the run's name and the global step they were reached at (a run that
