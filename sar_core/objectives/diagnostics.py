@@ -69,6 +69,7 @@ class ContextLogits:
     sf: torch.Tensor
     ar: torch.Tensor
     draws: int
+    rolled: list[torch.Tensor]  # the full rollout's token maps of scales 1..N-1, (B*K, h^2): its contexts
 
 
 @torch.no_grad()
@@ -85,7 +86,7 @@ def context_logits(model: nn.Module, batch: TokenBatch, draw: RolloutDraw, draws
         gt_maps_R = [m.repeat_interleave(draws, 0) for m in batch.token_maps()]
         rolled = sequential_rollout(model, label_R, gt_maps_R, schedule, 0, draw, rng)
         autoregressive = model(label_R, shifted_inputs(model, rolled, schedule), schedule)[:, rest]
-    return ContextLogits(teacher, student, autoregressive, draws)
+    return ContextLogits(teacher, student, autoregressive, draws, rolled)
 
 
 @torch.no_grad()
