@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
-from sar_core.generator import ScaleGenerator, unwrap
 from sar_core.eval.continuation import evaluate_continuation
+from sar_core.generator import ScaleGenerator, unwrap
 from sar_core.objectives import RolloutDraw, TokenBatch, build_objective, gap_diagnostics, probe_batch
 from sar_core.objectives.diagnostics import GaugeSettings
 from sar_platform.services.inputs import TrainInputs
