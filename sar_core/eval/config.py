@@ -142,3 +142,44 @@ class FigureConfig:
             _require(getattr(self, name) >= 0, name, "an integer >= 0", getattr(self, name))
         _require(self.grid_classes == 0 or self.grid_per_class >= 1, "grid_per_class", "an integer >= 1 when grid_classes > 0",
                  self.grid_per_class)
+
+
+@dataclass(frozen=True)
+class ContinuationConfig:
+    """Continuation quality (sar_core/eval/continuation.py): real images' first k scales of
+    ground-truth tokens, the rest generated, scored like the samples.
+
+    ks: ground-truth scales the continuations start from, each in 0..N (N: the schedule's number of
+        scales); 0 is class-conditional generation, N the tokenizer's reconstruction.
+    num_samples: real images continued for every k (the same images, seeded choice).
+    split: the split they come from (held out from training: test).
+    seed: seeds the choice of images and the generation (every k draws with the same uniforms).
+    """
+
+    # Read by pydantic when the platform embeds this dataclass in a spec: unknown keys are errors.
+    __pydantic_config__ = {"extra": "forbid"}
+
+    ks: tuple[int, ...] = (1, 2, 3)
+    num_samples: int = 1000
+    split: str = "test"
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "ks", tuple(self.ks))
+        _require(bool(self.ks) and all(isinstance(k, int) and not isinstance(k, bool) and k >= 0 for k in self.ks),
+                 "ks", "a non-empty list of integers >= 0 (ground-truth scales, e.g. [1, 2, 3])", self.ks)
+        _require(len(set(self.ks)) == len(self.ks), "ks", "a list without repeats", self.ks)
+        _require(self.num_samples >= 2, "num_samples", "an integer >= 2", self.num_samples)
+        _require(bool(self.split.strip()), "split", "a split name (test, train, ...)", self.split)
+        _require(self.seed >= 0, "seed", "an integer >= 0", self.seed)
+
+    def problems(self, num_scales: int, metrics: MetricConfig) -> dict[str, str]:
+        """Field -> why these settings cannot be scored on a schedule of `num_scales` with `metrics`."""
+        out = {}
+        beyond = [k for k in self.ks if k > num_scales]
+        if beyond:
+            out["ks"] = f"{beyond} go beyond the schedule's {num_scales} scales; pick from 0..{num_scales}"
+        if not metrics.pr_k < self.num_samples or metrics.is_splits > self.num_samples:
+            out["num_samples"] = (f"{self.num_samples} is too few for metrics.pr_k = {metrics.pr_k} and metrics.is_splits = "
+                                  f"{metrics.is_splits}; use more than {max(metrics.pr_k, metrics.is_splits - 1)}")
+        return out

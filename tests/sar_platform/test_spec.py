@@ -221,7 +221,13 @@ UNREAD = {  # written field -> (spec lines added to TRAIN, where it is reported,
                                                       "mlflow.port: is not read with mlflow.tracking_uri set"),
     "an S3 endpoint for local storage": ("storage: {s3_endpoint: 'http://127.0.0.1:9000'}", "storage.s3_endpoint: is only read with an s3://"),
     "a probe nothing reads": ("eval: {at_end: false}\nprobe: {images: 16}", "probe.images: is only read with log.diagnostics_every > 0"),
-    "a probe rollout under argmax": ("log: {diagnostics_every: 5}\nprobe: {rollout: {top_k: 3}}", "probe.rollout.top_k: is not read with sampling: argmax"),
+    "draws of an argmax probe": ("log: {diagnostics_every: 5}\nprobe: {sampling: argmax, draws: 4}",
+                                 "probe.draws: is not read with sampling: argmax"),
+    "a rollout of a probe that draws with the eval sampler": ("log: {diagnostics_every: 5}\nprobe: {rollout: {top_k: 3}}",
+                                                              "probe.rollout.top_k: is not read with sampling: eval"),
+    "continuation without a final evaluation": ("eval: {at_end: false, every_steps: 5, continuation: {ks: [1]}}",
+                                                "eval.continuation.ks: is only read by the final evaluation"),
+    "a probe rollout under argmax": ("log: {diagnostics_every: 5}\nprobe: {sampling: argmax, rollout: {top_k: 3}}", "probe.rollout.top_k: is not read with sampling: argmax"),
 }
 
 
@@ -310,3 +316,20 @@ def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
     pipeline = load_job(REPO / "jobs" / "quickstart.yaml")
     assert not any(k.startswith("steps.") for k in flatten(read_spec(pipeline)))
     assert flatten(read_spec(pipeline))["baseline"] == "tf"
+
+
+def test_probe_and_continuation_settings_are_checked_at_their_fields(tmp_path):
+    job = load_job(write(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {continuation: {ks: [0, 5], num_samples: 50}}\n"))
+    assert job.probe.draw(job.eval.sampling) == ("cfg", job.eval.sampling) and job.probe.rollout_draws() == 4
+    assert job.eval.continuation.ks == (0, 5)
+    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [2, 6]}}\n")
+    assert "eval.continuation.ks: [6] go beyond the schedule's 5 scales; pick from 0..5" in problem
+    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [1], num_samples: 5}}\n")
+    assert "eval.continuation.num_samples: 5 is too few for metrics.pr_k = 3 and metrics.is_splits = 10" in problem
+    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [1, 1]}}\n")
+    assert "eval.continuation" in problem and "ks must be a list without repeats" in problem
+    (problem,) = errors(tmp_path, TRAIN + "log: {diagnostics_every: 5}\nprobe: {calibration_fraction: 1.0}\n")
+    assert "probe.calibration_fraction" in problem
+    flexvar = load_job(write(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {sampling: {preset: flexvar_eval}}\n"))
+    strategy, settings = flexvar.probe.draw(flexvar.eval.sampling)
+    assert strategy == "cfg" and settings.flexvar_max_size is None and settings.cfg_ramp == "flexvar"

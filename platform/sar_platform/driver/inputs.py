@@ -69,7 +69,7 @@ def prepare_train_inputs(job, session: Session) -> TrainInputs:
         ensure_eval_assets(job, session)
     offset, origin = checkpoint_origin(job.init_from, session) if job.init_from is not None else (0, "")
     return TrainInputs(job.tokenizer, job.init_from, shards, job.optim.total_steps(shards.num_rows), offset, origin,
-                       job.probe.describe(job.data.dataset))
+                       job.probe.describe(job.data.dataset, job.eval.sampling))
 
 
 def shard_dataset(folder: str | Path, expected_fingerprint: str | None = None,

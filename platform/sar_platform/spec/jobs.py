@@ -13,7 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from sar_core.data.dataset import ImageDataset, SplitImages
 from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.data.image_folder import ImageFolderConfig
-from sar_core.eval.config import MetricConfig
+from sar_core.eval.config import ContinuationConfig, MetricConfig
 from sar_core.eval.guidance import EvalSampling
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
@@ -110,6 +110,10 @@ class EvalSpec(ScoringSpec):
     select: SelectSpec | None = None
     """Pick the best checkpoint from the periodic evaluations by this rule (they then score a
     selection sample set of their own seed); `step:<name>@best` takes it. None: no selection."""
+    continuation: ContinuationConfig | None = None
+    """Continuation quality at the final evaluation (`cont/k<k>/<metric>`): real images' first k
+    scales, the rest generated with `sampling` (at the best guidance of a grid), scored with
+    `metrics`; None: not measured."""
 
     @property
     def evaluates(self) -> bool:
@@ -145,8 +149,17 @@ class EvalSpec(ScoringSpec):
     def unread_fields(self) -> Unread:
         if not self.evaluates:
             why = "is not read: this job never evaluates (eval.at_end is false and eval.every_steps is 0)"
-            return {("sampling",): why, ("metrics",): why, ("figures",): why}
-        return super().unread_fields()
+            return {("sampling",): why, ("metrics",): why, ("figures",): why, ("continuation",): why}
+        out = super().unread_fields()
+        if not self.at_end:
+            out[("continuation",)] = "is only read by the final evaluation (set eval.at_end: true)"
+        return out
+
+    def conflicts(self, scales: tuple[int, ...]) -> list[tuple[FieldPath, str]]:
+        out = super().conflicts(scales)
+        if self.continuation is not None:
+            out += [(("continuation", f), why) for f, why in self.continuation.problems(len(scales), self.metrics).items()]
+        return out
 
 
 class TokenizerJob(JobCommon):

@@ -4,7 +4,7 @@ Validation runs in the `sar` process when a spec is loaded; workers only read th
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator, model_validator
@@ -156,17 +156,47 @@ class ProbeSpec(StrictModel):
     """The data set split they come from (held out from training)."""
     seed: int = Field(0, ge=0)
     """Seeds the choice of images and every token the probe draws."""
-    sampling: SamplingStrategy = "argmax"
-    """How the probe draws self-generated tokens (argmax: deterministic, comparable)."""
+    sampling: Literal["eval", "argmax", "stochastic", "cfg"] = "eval"
+    """How the probe draws self-generated tokens. eval: with the job's eval.sampling (cfg on its
+    ramp, top-k, top-p, temperature; not FlexVAR's per-size rules), the contexts inference sees;
+    argmax: deterministic, one rollout per class; stochastic / cfg: with `rollout`."""
     rollout: SamplingConfig = SamplingConfig()
     """Sampling settings for sampling: stochastic or cfg."""
+    draws: int = Field(4, ge=1)
+    """Rollouts per probe image (K): a stochastic sampler draws each image's contexts K times."""
+    calibration_fraction: float = Field(0.5, gt=0.0, lt=1.0)
+    """Share of the probe images (seeded choice) the calibrated gaps' temperature is fitted on; the
+    calibrated gaps are measured on the other images."""
 
     def unread_fields(self) -> Unread:
-        return {tuple(k.split(".")): why for k, why in unread_rollout_fields(self.sampling, self.rollout).items()}
+        if self.sampling == "eval":
+            return {("rollout",): "is not read with sampling: eval (the probe draws with eval.sampling; "
+                                  "use sampling: stochastic or cfg, or remove it)"}
+        out = {tuple(k.split(".")): why for k, why in unread_rollout_fields(self.sampling, self.rollout).items()}
+        if self.sampling == "argmax":
+            out[("draws",)] = ("is not read with sampling: argmax (every argmax rollout of an image is the same; "
+                               "use sampling: eval, stochastic or cfg)")
+        return out
 
-    def describe(self, dataset: str) -> str:
-        draw = self.sampling if self.sampling == "argmax" else f"{self.sampling} ({self.rollout.summary()})"
-        return f"{dataset}/{self.split}[n={self.images},seed={self.seed}], {draw} rollout"
+    def draw(self, eval_sampling: SamplingConfig) -> tuple[str, SamplingConfig]:
+        """(strategy, settings) of the probe's RolloutDraw: `eval` is the evaluation sampler's (at
+        the first weight of a guidance grid, so every run of a comparison probes alike), less
+        FlexVAR's per-size rules (flexvar_max_size), which exist in generation only."""
+        if self.sampling != "eval":
+            return self.sampling, self.rollout
+        if isinstance(eval_sampling, EvalSampling):
+            eval_sampling = eval_sampling.at(eval_sampling.grid[0]) if eval_sampling.grid else eval_sampling.single()
+        return ("cfg" if eval_sampling.cfg > 0 else "stochastic"), replace(eval_sampling, flexvar_max_size=None)
+
+    def rollout_draws(self) -> int:
+        return 1 if self.sampling == "argmax" else self.draws
+
+    def describe(self, dataset: str, eval_sampling: SamplingConfig) -> str:
+        strategy, settings = self.draw(eval_sampling)
+        sampler = "eval sampler, " if self.sampling == "eval" else ""
+        draw = "argmax" if strategy == "argmax" else f"{sampler}{strategy} ({settings.summary()}) x{self.draws}"
+        return (f"{dataset}/{self.split}[n={self.images},seed={self.seed}], {draw} rollout, "
+                f"calibrated on {self.calibration_fraction:g}")
 
 
 class LogSpec(StrictModel):

@@ -13,8 +13,10 @@ import torch
 import torch.nn as nn
 
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
+from sar_core.eval.continuation import evaluate_continuation
 from sar_core.generator import ScaleGenerator, unwrap
 from sar_core.objectives import RolloutDraw, TokenBatch, build_objective, gap_diagnostics, probe_batch
+from sar_core.objectives.diagnostics import GaugeSettings
 from sar_platform.services.inputs import TrainInputs
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import RunHandle
@@ -63,7 +65,8 @@ class GeneratorTask:
         p = self.job.probe
         data = self.job.data.image_dataset(self.tokenizer.config.image_size)
         batch = probe_batch(data, p.split, p.images, p.seed, self.tokenizer, self.job.schedule.default, self.device)
-        probe = Probe(batch, RolloutDraw(p.sampling, p.rollout), p.seed, self.inputs.probe)
+        probe = Probe(batch, RolloutDraw(*p.draw(self.job.eval.sampling)), p.seed, self.inputs.probe)
+        self.gauges = GaugeSettings(p.rollout_draws(), p.calibration_fraction, p.seed)
         if self.rank == 0 and self.handle is not None:
             digest = hashlib.sha256(batch.labels.cpu().numpy().tobytes() + batch.tokens.cpu().numpy().tobytes()).hexdigest()
             self.handle.set_tags({"sar.probe": probe.description, "sar.probe.digest": digest[:16]})
@@ -93,7 +96,7 @@ class GeneratorTask:
         """The train-test gap on the probe, not on the training batch: every run of a comparison
         measures it on the same held-out images with the same sampler, whatever its objective."""
         rng = torch.Generator(self.device).manual_seed(self.probe.seed)
-        return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng)
+        return gap_diagnostics(model, self.probe.batch, self.probe.draw, rng, self.gauges)
 
     def evaluate(self, model, step: int, final: bool):
         """The final evaluation scores the report sample set; with a selection rule, periodic ones
@@ -102,9 +105,18 @@ class GeneratorTask:
         title = f"{self.run_name} @ step {global_step}: {self.job.objective.summary()}"
         selecting = not final and self.job.eval.select is not None
         job = selection_view(self.job) if selecting else self.job
-        return evaluate_generator(unwrap(model), self.tokenizer, job, self.job.schedule.default,
-                                  Path(tempfile.mkdtemp()), global_step, title, self.probe,
-                                  None if selecting else self.handle, cache_dir=self.workspace.eval_cache(), final=final)
+        metrics, paths = evaluate_generator(unwrap(model), self.tokenizer, job, self.job.schedule.default,
+                                            Path(tempfile.mkdtemp()), global_step, title, self.probe,
+                                            None if selecting else self.handle, cache_dir=self.workspace.eval_cache(),
+                                            final=final)
+        e = self.job.eval
+        if final and e.continuation is not None:  # collective, like the evaluation; rank 0 gets the metrics
+            sampling = e.sampling.at(best_guidance(metrics, self.device)) if e.sampling.grid else e.sampling.single()
+            metrics.update(evaluate_continuation(
+                unwrap(model), self.tokenizer, sampling, e.continuation, e.metrics, self.job.schedule.default,
+                self.job.data.image_dataset(self.tokenizer.config.image_size), device=self.device,
+                cache_dir=self.workspace.eval_cache()))
+        return metrics, paths
 
     def save(self, model, directory: Path, step: int) -> None:
         """The weights, with the run's name and the global step they were reached at (a run that
@@ -120,6 +132,14 @@ class GeneratorTask:
 
     def load_state_dict(self, state: dict) -> None:
         self.objective.load_state_dict(state["objective"])
+
+
+def best_guidance(metrics: dict, device: torch.device) -> float:
+    """The guidance grid's best weight, which rank 0 measured, on every rank."""
+    g = torch.tensor([metrics.get("best_cfg", float("nan"))], dtype=torch.float64, device=device)
+    if torch.distributed.is_initialized():
+        torch.distributed.broadcast(g, src=0)
+    return float(g)
 
 
 def selection_view(job):

@@ -180,9 +180,12 @@ def test_post_training_continues_the_step_axis_of_its_checkpoint(pipeline):
 def test_diagnostics_of_runs_with_different_objectives_share_the_probe(pipeline):
     _, runs, _ = pipeline
     tf, sar = runs["mini.tf"].data.tags, runs["mini.sar"].data.tags
-    assert tf["sar.probe"] == sar["sar.probe"] == "fashion_mnist/test[n=64,seed=0], argmax rollout"
+    assert tf["sar.probe"] == sar["sar.probe"]
+    assert tf["sar.probe"].startswith("fashion_mnist/test[n=64,seed=0], eval sampler, ")
+    assert tf["sar.probe"].endswith(" x4 rollout, calibrated on 0.5")
     assert tf["sar.probe.digest"] == sar["sar.probe.digest"]
-    assert {"diag/gap/sf", "diag/sf/loss/s07"} <= set(runs["mini.tf"].data.metrics) & set(runs["mini.sar"].data.metrics)
+    gauges = {"diag/gap/sf", "diag/sf/loss/s07", "diag/cal/gap/sf", "diag/cal/temperature", "diag/acc_gap/ar"}
+    assert gauges <= set(runs["mini.tf"].data.metrics) & set(runs["mini.sar"].data.metrics)
 
 
 def test_a_train_run_carries_params_curves_metrics_tags_and_artifacts(pipeline):
