@@ -320,7 +320,7 @@ def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
 
 def test_probe_and_continuation_settings_are_checked_at_their_fields(tmp_path):
     job = load_job(write(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {continuation: {ks: [0, 5], num_samples: 50}}\n"))
-    assert job.probe.draw(job.eval.sampling) == ("cfg", job.eval.sampling) and job.probe.rollout_draws() == 4
+    assert job.probe.draw(job.eval.sampling) == ("cfg", job.eval.sampling.single()) and job.probe.rollout_draws() == 4
     assert job.eval.continuation.ks == (0, 5)
     (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [2, 6]}}\n")
     assert "eval.continuation.ks: [6] go beyond the schedule's 5 scales; pick from 0..5" in problem

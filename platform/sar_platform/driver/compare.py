@@ -29,6 +29,7 @@ from pathlib import Path
 from sar_core.eval import HEADLINE_METRICS
 from sar_core.eval.uncertainty import (difference_of_two, holm, mean_ci, normal_p_value, paired_difference,
                                        paired_p_value, unpaired_difference, welch_p_value)
+from sar_core.gauge_keys import CALIBRATED_GAPS, CONTEXTS, RAW_GAPS, continuation_key, diag_key
 from sar_core.objectives.metrics import scale_key
 from sar_platform.driver.guidance import at_best_guidance, grid, report_key
 from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, guidance_figure, log_table
@@ -36,10 +37,11 @@ from sar_platform.services.tracking import RunHandle, flatten, metric_key
 from sar_platform.spec.reads import read_spec
 
 ALPHA = 0.05  # family-wise error rate of the Holm-adjusted stars and verdicts
-GAUGES = ("diag/gap/sf", "diag/gap/ar")
-"""The gauges the comparison shows, per arm (mean and 95% interval across seeds): estimates, not
-differences, so they are not in the Holm family."""
-GAP_CONTEXTS = ("sf", "ar")  # one-step student forcing, full rollout: each against diag/tf on the same probe
+GAUGES = (*RAW_GAPS.values(), *CALIBRATED_GAPS.values(), *(diag_key(f"acc_gap/{c}", calibrated=True) for c in CONTEXTS))
+"""The gauges the comparison shows, per arm (mean and 95% interval across seeds; sar_core/gauge_keys.py):
+the raw loss gaps, the calibrated ones and the calibrated agreement gaps. Estimates, not differences,
+so they are not in the Holm family."""
+CONTINUATION_FID = re.compile(r"cont/k(\d+)/fid$")  # continuation quality from k ground-truth scales
 PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")  # the scales an arm measured (keys named by `scale_key`)
 
 NOT_SETTINGS = ("name", "description", "tokenizer", "init_from", "kind", "storage.", "mlflow.", "log.", "checkpoint.")
@@ -235,7 +237,7 @@ class Comparison:
         out = []
         for arm in self.arms:
             scales = sorted({int(m.group(1)) for r in arm.results.values() for k in r if (m := PER_SCALE.match(k))})
-            for context in GAP_CONTEXTS:
+            for context in CONTEXTS:
                 for s in scales:
                     tf = arm.values(f"diag/tf/loss/{scale_key(s)}")
                     student = arm.values(f"diag/{context}/loss/{scale_key(s)}")
@@ -277,9 +279,21 @@ class Comparison:
             text += ["", self.render_curves(curves)]
         if cells := self.gap_cells():
             text += ["", comparison_table(cells, ["arm", *(k.removeprefix("diag/") for k in GAUGES)]),
-                     "  (train-test gap on the probe, nats per token over scales 2..N: sf one-step student forcing, "
-                     "ar full rollout, each minus teacher forcing)"]
+                     "  (train-test gaps on the probe over scales 2..N, each context minus teacher forcing: sf one-step "
+                     "student forcing, ar full rollout; gap: nats per token, moved by any rescaling of the logits; "
+                     "cal/gap: the same after one fitted temperature per run; cal/acc_gap: top-1 agreement lost)"]
+        if cells := self.continuation_cells():
+            text += ["", comparison_table(cells, list(cells[0])),
+                     "  (FID of images whose first k scales are real images' tokens and the rest the model's own: "
+                     "k0 is plain generation; how errors accumulate scale by scale)"]
         return "\n".join(text)
+
+    def continuation_cells(self) -> list[dict]:
+        """Per arm that measured it: continuation FID from every k of ground-truth scales."""
+        ks = sorted({int(m.group(1)) for a in self.arms for r in a.results.values() for k in r
+                     if (m := CONTINUATION_FID.match(k))})
+        return [{"arm": a.name, **{f"fid k{k}": estimate(a, continuation_key(k, "fid")).cell("fid") for k in ks}}
+                for a in self.arms if any(a.values(continuation_key(k, "fid")) for k in ks)]
 
     def render_differences(self, diffs: list[dict]) -> str:
         """The differences table: unadjusted intervals, stars from the Holm-adjusted p."""
@@ -315,6 +329,9 @@ class Comparison:
             log_table(handle, curves, ["arm", "cfg", "metric", "value", "ci95", "se", "n", "chosen"], "guidance_curves")
             with tempfile.TemporaryDirectory() as tmp:
                 handle.log_artifact(guidance_figure(curves, Path(tmp) / "metrics_vs_guidance.png"), "figures")
+        for name, cells in (("gauges", self.gap_cells()), ("continuation", self.continuation_cells())):
+            if cells:
+                log_table(handle, cells, list(dict.fromkeys(k for c in cells for k in c)), name)
         if gaps := self.gaps():
             log_table(handle, gaps, list(gaps[0]), "gaps")
             with tempfile.TemporaryDirectory() as tmp:
