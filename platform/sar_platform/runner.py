@@ -159,7 +159,7 @@ def _run_locked(job, workspace: Workspace, spec_text: str, address: str | None, 
     import ray
 
     tracking_uri, embedded_mlflow = tracking_server(job, workspace)
-    tracker = Tracker(tracking_uri, job.mlflow.experiment)
+    tracker = Tracker(tracking_uri, job.mlflow.experiment, str(workspace.mlflow_root()) if embedded_mlflow else "")
     print(f"[sar] MLflow: {tracker.runs_url()}", flush=True)
     # MLflow would print a "View run" link per finished run; the runner prints the experiment's once.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")

@@ -158,9 +158,11 @@ OBJECTIVE_PRESETS: dict[str, dict[str, Any]] = {
         rollout=dict(cfg=2.5, cfg_ramp="linear", top_k=900, top_p=0.95, temperature=1.0),
         rollout_depth=1, csfl_target="teacher_soft", csfl_scales="all", student_context="full", student_fraction=1.0,
     ),
-    # The released code: one transition (the last), the student sees only the class token and the
-    # up-sampled sampled scale N-1, hard cross-entropy to the teacher's sampled tokens, weight 0.01,
-    # CFG rollout sampling with cfg 1.2 on the half-linear ramp, top-k 900, top-p 0.96, 1/L weighting.
+    # What the released trainer does: one transition (the last), the student sees only the class token
+    # and the up-sampled sampled scale N-1, hard cross-entropy to the teacher's sampled tokens, weight
+    # 0.01, CFG rollout sampling with cfg 1.2 on the half-linear ramp, top-k 900, top-p 0.96, 1/L
+    # weighting. Its launch scripts ask for other rollouts (argmax for d16/d20/d24, or cfg 2.5 with
+    # top-p 0.96), but those flags never reach the trainer: the preset follows what runs.
     "released_code": dict(
         kind="sar", weighting="token", gamma=0.01, sampling="cfg",
         rollout=dict(cfg=1.2, cfg_ramp="half_linear", top_k=900, top_p=0.96, temperature=1.0),

@@ -466,3 +466,39 @@ def test_two_jobs_at_once_on_one_machine_both_finish_without_a_traceback(tmp_pat
         job.reader.join(timeout=120)
         assert status == 0, job.output()[-3000:]
         assert "Traceback" not in job.output() and "multiple active Ray instances" not in job.output(), job.output()[-3000:]
+
+
+def test_a_workspace_server_restarted_on_another_port_is_found_there_and_the_run_ends_finished(
+        tmp_path, ray_local, tokenizer_path, holds):
+    # the embedded server (no mlflow.tracking_uri): killed at checkpoint 4 and restarted, as by
+    # `sar ui`, while another process holds its old port
+    port = free_port()
+    path = train_spec(tmp_path, "server-moved", "unused", tokenizer_path, steps=8, evaluate=True)
+    path.write_text(path.read_text().replace('mlflow: {tracking_uri: "unused", experiment: server-moved}',
+                                             f"mlflow: {{experiment: server-moved, port: {port}}}"))
+    root = tmp_path / "ws" / "mlflow"
+    moved = []
+
+    def restart_elsewhere():
+        holds.wait("server-moved.checkpoint-4")
+        stop_server(root)
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            moved.append(ensure_server(root, port).uri)
+            holds.release("server-moved.checkpoint-4")
+            holds.wait("server-moved.final-evaluation")  # the squatter keeps the old port to the end
+            holds.release("server-moved.final-evaluation")
+
+    holds.arm("server-moved.checkpoint-4", "server-moved.final-evaluation")
+    thread = threading.Thread(target=restart_elsewhere, daemon=True)
+    thread.start()
+    try:
+        outputs = run_in_process(path)
+        thread.join(timeout=60)
+        assert moved and not moved[0].endswith(f":{port}")
+        run = the_run(moved[0], "server-moved")
+        assert run.info.status == "FINISHED" and "fid" in run.data.metrics and outputs["metrics"]["step"] == 8
+        assert logged_steps(moved[0], run) == [2, 4, 6, 8]
+    finally:
+        stop_server(root)

@@ -63,7 +63,7 @@ def run_trial(config: dict, sweep, session_state: dict, parent: RunHandle, run_n
     trial_id = ray.tune.get_context().get_trial_id()
     name = trial_run_name(run_name, trial_id)
     tags = {"sar.trial_id": trial_id, **{f"sar.sweep.{k}": str(v) for k, v in config.items()}}
-    session = Session.for_trial(session_state, Tracker(parent.tracking_uri, sweep.mlflow.experiment), tags,
+    session = Session.for_trial(session_state, Tracker(parent.tracking_uri, sweep.mlflow.experiment, parent.server_root), tags,
                                 callbacks=(TuneReportCallback(),))
     session.run(trial_job(sweep, config, name=name), parent, name)
 

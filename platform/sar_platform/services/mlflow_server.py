@@ -84,6 +84,13 @@ def _recorded(root: Path) -> dict | None:
         return None
 
 
+def recorded_uri(root: str | Path) -> str | None:
+    """The URI the workspace's server was last started on (it may be down): where clients look
+    for it after a restart, which can move it to another port."""
+    info = _recorded(Path(root))
+    return None if info is None else f"http://{HOST}:{info['port']}"
+
+
 def running_server(root: str | Path) -> ServerInfo | None:
     """The workspace's server if it runs and answers."""
     root = Path(root)
@@ -141,7 +148,8 @@ def ensure_server(root: str | Path, port: int = 5055, timeout: float = 120.0) ->
             if _wait_healthy(uri, recorded["pid"], root, deadline):
                 return ServerInfo(uri, recorded["pid"], recorded["port"], root)
             _stop_pid(recorded["pid"])  # alive but never answering: replace it
-        return _start(root, port, deadline)
+        # a restart goes back to the recorded port, where running jobs look (another, if it is taken)
+        return _start(root, recorded["port"] if recorded is not None else port, deadline)
 
 
 def _start(root: Path, port: int, deadline: float) -> ServerInfo:

@@ -37,6 +37,7 @@ from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from sar_platform.services.mlflow_server import recorded_uri
 from sar_platform.services.ray_env import repository_root
 
 RUN_KEY_TAG = "sar.run_key"
@@ -72,21 +73,28 @@ def with_retries(call: Callable[[], Any], what: str, attempts: int = 5, first_de
 
 
 class RetryingClient:
-    """An MlflowClient whose every method call goes through `with_retries`."""
+    """An MlflowClient whose every method call goes through `with_retries`, each attempt on a
+    client for the server's URI at that moment (`uri()`)."""
 
-    def __init__(self, client: MlflowClient, attempts: int = 5):
-        self._client, self._attempts = client, attempts
+    def __init__(self, uri: Callable[[], str], attempts: int = 5):
+        self._uri, self._attempts = uri, attempts
 
     def __getattr__(self, name: str):
-        attr = getattr(self._client, name)
+        attr = getattr(MlflowClient(self._uri()), name)
         if not callable(attr):
             return attr
 
         @functools.wraps(attr)
         def call(*args, **kwargs):
-            return with_retries(lambda: attr(*args, **kwargs), name, self._attempts)
+            return with_retries(lambda: getattr(MlflowClient(self._uri()), name)(*args, **kwargs), name, self._attempts)
 
         return call
+
+
+def current_uri(tracking_uri: str, server_root: str) -> str:
+    """`tracking_uri`, or for the workspace's embedded server (`server_root`) the URI it was last
+    started on: restarted by `sar ui` while a job runs, it may have moved to another port."""
+    return (recorded_uri(server_root) if server_root else None) or tracking_uri
 
 
 def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -125,9 +133,11 @@ class RunHandle:
     run_id: str
     step_offset: int = 0
     """Added to every step logged: the step of the checkpoint this run continues (0: none)."""
+    server_root: str = ""
+    """The workspace's embedded MLflow server folder, where its current port is recorded ("": another server)."""
 
     def client(self, attempts: int = 5) -> RetryingClient:
-        return RetryingClient(MlflowClient(self.tracking_uri), attempts)
+        return RetryingClient(lambda: current_uri(self.tracking_uri, self.server_root), attempts)
 
     def global_step(self, step: int) -> int:
         return self.step_offset + step
@@ -222,9 +232,9 @@ class MetricOutbox:
 class Tracker:
     """Driver-side access to one experiment on one tracking server."""
 
-    def __init__(self, tracking_uri: str, experiment: str):
-        self.uri = tracking_uri
-        self.client = RetryingClient(MlflowClient(tracking_uri))
+    def __init__(self, tracking_uri: str, experiment: str, server_root: str = ""):
+        self.uri, self.server_root = tracking_uri, server_root
+        self.client = RetryingClient(lambda: current_uri(tracking_uri, server_root))
         self.opened: list[RunHandle] = []
         """Runs opened through this tracker (`end_open_runs` closes what they leave RUNNING)."""
         found = self.client.get_experiment_by_name(experiment)
@@ -255,7 +265,7 @@ class Tracker:
         run_id = self.find(run_key)
         if run_id is not None:
             self.client.update_run(run_id, status="RUNNING")
-            handle = RunHandle(self.uri, run_id, step_offset)
+            handle = RunHandle(self.uri, run_id, step_offset, self.server_root)
             self.opened.append(handle)
             return handle, False
         all_tags = {RUN_KEY_TAG: run_key, "sar.git_commit": git_commit(), **(tags or {})}
@@ -264,7 +274,7 @@ class Tracker:
         if description:
             all_tags["mlflow.note.content"] = description
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
-        handle = RunHandle(self.uri, run.info.run_id, step_offset)
+        handle = RunHandle(self.uri, run.info.run_id, step_offset, self.server_root)
         self.opened.append(handle)
         items = [Param(k, v[:6000]) for k, v in flatten(params or {}).items()]
         for i in range(0, len(items), 100):
