@@ -110,9 +110,8 @@ def keep_freed_memory() -> bool:
     """Keep freed memory in the process (glibc mallopt) instead of handing it back to the kernel.
 
     PyTorch allocates CPU tensors with malloc, which returns large blocks to the kernel when they
-    are freed, so a step pays page faults for memory an earlier step released, and how many depends
-    on what ran before it: timed round-robin after a TF step, a SAR step faulted ~13,000 pages
-    (50 MB, ~35 ms of system time), after another SAR step ~2,400. On GPU the caching allocator
+    are freed, so a step pays page faults for memory a step before it released, and how many depends
+    on what ran before it (docs/benchmarks.md has the measured counts). On GPU the caching allocator
     already keeps freed memory; this does the same on CPU, so the steps are timed on their own work.
     Returns whether it took effect (False off glibc)."""
     try:

@@ -4,7 +4,7 @@ objective kind, and its ratio to teacher forcing, as JSON.
     python bench/bench_objectives.py --preset tiny --threads 1            # CPU
     python bench/bench_objectives.py --preset d16 --device cuda --dtype bf16
 
-Targets (issue 10): SAR <= 2.0x the teacher-forcing step, the paper preset (whose CFG rollouts add a
+Targets: SAR <= 2.0x the teacher-forcing step, the paper preset (whose CFG rollouts add a
 no-grad null-class pass over scales 1..N-1 and a top-p draw) <= 2.2x; at student_fraction 0.5,
 <= 1.6x. They are judged on the median over rounds of each variant's ratio to the TF step timed
 just before it (with quartiles), on CPU in process time, on GPU in wall time.

@@ -1,37 +1,25 @@
 """The GPU check, in one go: training and sampling speed of FlexVAR-d16 in bf16, which attention
 kernels run, and the platform's GPU path (TorchTrainer, nccl, bf16), written to one JSON file.
+Targets and measured numbers: docs/benchmarks.md.
 
-    python bench/gpu_check.py --out gpu_check.json     # one H100 / H200: under 8 minutes
+    python bench/gpu_check.py --out gpu_check.json     # one H100 / H200
     python bench/gpu_check.py --out gpu_check.json --flexvar-repo ../FlexVAR  # and against the reference
     python bench/gpu_check.py --smoke --out smoke.json # CPU, tiny model, seconds: the script end to end
 
 Sections (each records its numbers or its error, so one failure does not hide the others; the exit
 status is 1 when a section failed or a check did not hold):
-  train      d16 bf16 steps at the paper's per-GPU batch 24 on the 680-token schedule: teacher forcing
-             (`tf`), SAR with argmax rollouts (`sar`) and the paper preset (`paper`: CFG rollouts, the
-             ImageNet spec's objective): step time, images/s, model TFLOP/s and MFU against the GPU's
-             dense bf16 peak (BF16_PEAK_TFLOPS, or --peak-tflops).
+  train      d16 bf16 steps at the paper's per-GPU batch 24 on the 680-token schedule (`tf`, `sar`
+             with argmax rollouts, `paper`): step time, images/s, model TFLOP/s and MFU against the
+             GPU's dense bf16 peak (BF16_PEAK_TFLOPS, or --peak-tflops).
   attention  the scaled-dot-product-attention backend of every attention call in a train step and in
-             KV-cached sampling (read from the aten op the dispatcher chose: flash, efficient, cudnn or
-             math), and the same step and sampling call under sdpa_kernel(flash, efficient, cudnn),
-             which raises if none of them can run.
-  sampling   KV-cached generation (tokens and VQ decoding) with FlexVAR's evaluation sampler
-             (flexvar_eval: CFG 2.5, top-k 900, top-p 0.95) and without guidance, at batch 64, 128, 256.
-  reference  with --flexvar-repo (a checkout of FlexVAR): the same sampling against the reference's
-             own code on the same weights, batch, settings and dtype (bench/reference_sampling.py):
-             speedup = reference time / ours, after checking that greedy decoding agrees.
-  platform   `sar run` of a tiny train spec (SAR, paper preset) on one Ray Train worker with
-             gpus_per_worker: 1 and precision bf16 (Ray Train gives GPU workers nccl), on synthetic
-             Fashion-MNIST-format files: exit status, steps done, final loss, wall time.
-
-Model FLOPs (`forward_flops`) count the matrix multiplies, 2 FLOPs per multiply-add: per token and
-block 2(3C^2 + C^2 + 2mC^2) (qkv, projection, the two MLP layers, m = mlp ratio), the head 2CV and the
-input embedding 2C*Cvae; per image and block the AdaLN 2*6C^2 and the head's AdaLN 2*2C^2; and the
-attention's QK^T and AV over the (query, key) pairs the block-causal mask allows, 4*C*P per block with
-P = sum_k n_k * sum_{j<=k} n_j (n_k = h_k^2 tokens of scale k); the masked-out pairs a kernel may
-still compute are not counted. A pass with gradient costs 3x its forward (backward = 2 forwards).
-A step's FLOPs add its passes: tf = 3F; sar = 3F (teacher) + 3F (student); paper = sar + F over the
-first N-1 scales (the null-class pass CFG needs). MFU = step FLOPs / (step time * peak).
+             KV-cached sampling (flash, efficient, cudnn or math, read from the aten op the dispatcher
+             chose), and the same calls under sdpa_kernel(flash, efficient, cudnn), which raises if
+             none of them can run.
+  sampling   KV-cached generation with FlexVAR's evaluation sampler and without guidance, at batch
+             64, 128, 256.
+  reference  with --flexvar-repo: the same sampling with the reference's own code on the same
+             weights (bench/reference_sampling.py), after checking that greedy decoding agrees.
+  platform   `sar run` of a tiny SAR spec on one Ray Train GPU worker (nccl, bf16).
 """
 from __future__ import annotations
 
@@ -98,7 +86,13 @@ def attention_pairs(schedule: ScaleSchedule) -> int:
 
 
 def forward_flops(cfg: GeneratorConfig, schedule: ScaleSchedule, batch: int) -> float:
-    """Matmul FLOPs of one forward pass over `batch` images on `schedule` (see the module docstring)."""
+    """Matmul FLOPs of one forward pass over `batch` images on `schedule`, 2 FLOPs per multiply-add.
+
+    Per token and block 2(3C^2 + C^2 + 2mC^2) (qkv, projection, the two MLP layers, m = mlp ratio),
+    the head 2CV and the input embedding 2C*Cvae; per image and block the AdaLN 2*6C^2 and the head's
+    AdaLN 2*2C^2; and the attention's QK^T and AV over the (query, key) pairs the block-causal mask
+    allows, 4*C*P per block with P = sum_k n_k * sum_{j<=k} n_j (n_k = h_k^2 tokens of scale k). The
+    masked-out pairs a kernel may still compute are not counted."""
     C, V, depth, L = cfg.embed_dim, cfg.vocab_size, cfg.depth, schedule.num_tokens
     per_token = depth * 2 * (4 + 2 * cfg.mlp_ratio) * C * C + 2 * C * V
     per_image = depth * 2 * 6 * C * C + 2 * 2 * C * C + 2 * (L - schedule.token_counts[0]) * C * cfg.codebook_dim
@@ -107,6 +101,9 @@ def forward_flops(cfg: GeneratorConfig, schedule: ScaleSchedule, batch: int) -> 
 
 
 def step_flops(kind: str, cfg: GeneratorConfig, schedule: ScaleSchedule, batch: int) -> float:
+    """A step's FLOPs: a pass with gradient costs 3x its forward (backward = 2 forwards); tf = 3F,
+    sar = 3F (teacher) + 3F (student), paper = sar + F over the first N-1 scales (CFG's null-class
+    pass). MFU = step FLOPs / (step time * peak)."""
     full = forward_flops(cfg, schedule, batch)
     if kind == "tf":
         return 3 * full

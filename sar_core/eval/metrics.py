@@ -18,16 +18,15 @@ is independent of the network:
   radius. Precision = fraction of samples on the real manifold, recall = fraction of real points
   on the sample manifold.
 
-Memory (N samples, M real points, D feature dims, block size b):
+Memory (N samples, M real points, D feature dims, block size b; measured figures in docs/benchmarks.md):
 - features are held once as float32: 4 (N + M) D bytes (50k x 2048: 410 MB per set);
 - `GaussianStats` is O(D^2) float64 (2048: 34 MB); streaming both sets' statistics and the sqrtm
-  (complex D x D temporaries) peak at ~320 MB at 2048-d (measured);
+  adds complex D x D temporaries;
 - k-NN distances are computed in b x b blocks and never as an N x M or N x N matrix: the working
   set is one float32 distance block and its temporaries (comparison masks, top-k), plus O((N + M) k)
-  for the running nearest neighbours. Measured (bench/bench_metrics.py, 50k vs 50k x 2048, b = 5,000):
-  ~330 MB above the 780 MB of features. The ADM evaluator uses 10k x 10k blocks (and float16
-  distances with a float32 fallback; here distances are float32 throughout).
-- the Inception Score works one split at a time in float64: ~160 MB for 50k x 1008 logits.
+  for the running nearest neighbours. The ADM evaluator uses 10k x 10k blocks (and float16
+  distances with a float32 fallback; here distances are float32 throughout);
+- the Inception Score works one split at a time in float64.
 """
 from __future__ import annotations
 

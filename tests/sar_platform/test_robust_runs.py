@@ -186,7 +186,7 @@ def ray_processes(title: str) -> list[int]:
 
 
 def readme_socket_list() -> str:
-    return (REPO / "README.md").read_text().split("### Listening sockets", 1)[-1].split("\n## ", 1)[0]
+    return (REPO / "docs" / "failures-and-resuming.md").read_text().split("## Listening sockets", 1)[1].split("\n## ", 1)[0]
 
 
 # -- the driver: Ctrl-C, SIGTERM, SIGKILL, damaged checkpoints -------------------------------
