@@ -478,7 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RAY_LINES_THAT_ARE_NOT_ERRORS = r"'PreemptionWatcher' .* has constructor arguments in the object store"
+"""Ray Train logs this at error level at every training start (ray-project/ray#53727): a caution
+about restarting Ray's own preemption watcher, not an error of the run. Ray drops worker lines
+matching RAY_DEDUP_LOGS_SKIP_REGEX from the console; a user's own setting wins."""
+
+
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("RAY_DEDUP_LOGS_SKIP_REGEX", RAY_LINES_THAT_ARE_NOT_ERRORS)  # read when Ray is imported
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
