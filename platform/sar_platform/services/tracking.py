@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import re
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from importlib import metadata
 from typing import Any, Callable, Mapping
 
 # MLflow's HTTP client retries a refused connection for minutes by default (7 tries, backoff 2);
@@ -41,6 +43,12 @@ from sar_platform.services.ray_env import repository_root
 
 RUN_KEY_TAG = "sar.run_key"
 PARENT_TAG = "mlflow.parentRunId"
+DESCRIPTION_TAG = "mlflow.note.content"
+"""The run's description in the MLflow UI (markdown)."""
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""MLflow 3 opens an experiment tagged so on its model-training pages (runs table, charts), not
+the GenAI ones (traces, sessions, judges)."""
+ENVIRONMENT_PACKAGES = ("torch", "ray", "mlflow", "numpy", "einops", "pydantic", "scipy", "safetensors")
 STEP_METRIC = "step"
 """Logged with every training report (its value: the step); what a resumed run's outbox checks."""
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
@@ -115,6 +123,18 @@ def git_commit(repo: Path | None = None) -> str:
     if out.returncode != 0:
         return "unknown"
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict[str, str]:
+    """The software a job ran with: Python, the OS, the packages that compute or record its result,
+    and the code's git commit (the top-level run's `environment.json`)."""
+    env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
+    for package in ENVIRONMENT_PACKAGES:
+        try:
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            env[package] = "not installed"
+    return env
 
 
 @dataclass(frozen=True)
@@ -219,6 +239,16 @@ class MetricOutbox:
         return True
 
 
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table."""
+    return f"{uri}/#/experiments/{experiment_id}/runs"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page (overview, params, metrics, description, artifacts)."""
+    return f"{runs_url(uri, experiment_id)}/{run_id}"
+
+
 class Tracker:
     """Driver-side access to one experiment on one tracking server."""
 
@@ -228,13 +258,18 @@ class Tracker:
         self.opened: list[RunHandle] = []
         """Runs opened through this tracker (`end_open_runs` closes what they leave RUNNING)."""
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        else:
+            self.experiment_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made before the tag, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
     def runs_url(self) -> str:
-        return f"{self.uri}/#/experiments/{self.experiment_id}/runs"
+        return runs_url(self.uri, self.experiment_id)
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.runs_url()}/{run_id}"
+        return run_url(self.uri, self.experiment_id, run_id)
 
     def find(self, run_key: str) -> str | None:
         escaped = run_key.replace("'", "\\'")
@@ -262,7 +297,7 @@ class Tracker:
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
         if description:
-            all_tags["mlflow.note.content"] = description
+            all_tags[DESCRIPTION_TAG] = description
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         handle = RunHandle(self.uri, run.info.run_id, step_offset)
         self.opened.append(handle)
