@@ -46,8 +46,10 @@ PARENT_TAG = "mlflow.parentRunId"
 DESCRIPTION_TAG = "mlflow.note.content"
 """The run's description in the MLflow UI (markdown)."""
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
-"""MLflow 3 opens an experiment tagged so on its model-training pages (runs table, charts), not
-the GenAI ones (traces, sessions, judges)."""
+"""The experiment type MLflow 3 records (its UI's "experiment type" setting): model training, not GenAI."""
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+"""MLflow 3.17's UI picks GenAI or model-training pages by a switch it remembers per browser (GenAI
+at first); a link carrying this query opens the model-training pages whatever the switch says."""
 ENVIRONMENT_PACKAGES = ("torch", "ray", "mlflow", "numpy", "einops", "pydantic", "scipy", "safetensors")
 STEP_METRIC = "step"
 """Logged with every training report (its value: the step); what a resumed run's outbox checks."""
@@ -240,13 +242,13 @@ class MetricOutbox:
 
 
 def runs_url(uri: str, experiment_id: str) -> str:
-    """The experiment's runs table."""
-    return f"{uri}/#/experiments/{experiment_id}/runs"
+    """The experiment's runs table, on the model-training pages."""
+    return f"{uri}/#/experiments/{experiment_id}/runs{MODEL_TRAINING_VIEW}"
 
 
 def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """The run's page (overview, params, metrics, description, artifacts)."""
-    return f"{runs_url(uri, experiment_id)}/{run_id}"
+    """The run's page (overview, params, metrics, description, artifacts), on the model-training pages."""
+    return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
 
 
 class Tracker:
