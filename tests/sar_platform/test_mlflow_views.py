@@ -53,7 +53,8 @@ def compared(workspace):
     child, _ = tracker.open(f"{root}/study.sar", "study.sar", parent=parent)
     figure = root.parent / "samples.png"
     gap_figure([{"arm": "sar", "context": "sf", "scale": 2, "gap": 0.1, "ci95": float("nan"), "n": 1}], figure)
-    child.log_artifact(figure, "figures")
+    child.log_artifact(figure, "figures/step_0000002")  # an earlier evaluation's: not shown
+    child.log_artifact(figure, "figures/step_0000004")
     child.finish()
     tf = Arm("tf", "tf; 4 steps", {"objective.kind": "tf"}, {0: with_gaps({"fid": 30.0, "fid_se": 0.4}, 0.5)}, "ckpt")
     sar = Arm("sar", "sar γ=0.5; 4 steps", {"objective.kind": "sar"}, {0: with_gaps({"fid": 25.1234, "fid_se": 0.5}, 0.2)},
@@ -143,7 +144,7 @@ def test_sar_report_writes_one_self_contained_page_with_the_tables_and_figures(r
     text = report_page.read_text()
     assert html.escape(comparison.verdicts()[0]) in text
     assert "<th>difference</th>" in text and "25.12 (SE 0.50)" in text and "-4.88 ± 1.26 *" in text
-    assert text.count("data:image/png;base64,") == 2  # the parent's gap figure and the child's figure
+    assert text.count("data:image/png;base64,") == 2  # the parent's gap figure and the child's last evaluation's
     assert 'src="http' not in text and "<script" not in text and "<link" not in text  # nothing loaded from elsewhere
     assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in text
     assert "<h2>recipe</h2>" in text and "<h2>environment</h2>" in text

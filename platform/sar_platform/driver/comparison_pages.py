@@ -111,8 +111,17 @@ def _table_html(table: dict) -> str:
     return f"<h2>{html.escape(table['name'])}</h2><table><tr>{head}</tr>{body}</table>{notes}"
 
 
+def figure_paths(server: Server, run) -> list[str]:
+    """The run's figures: those directly under `figures/` and those of its last evaluation
+    (`figures/step_NNNNNNN/`, the folder that sorts last)."""
+    listed = server.client.list_artifacts(run.info.run_id, FIGURE_FOLDER)
+    folders = sorted(a.path for a in listed if a.is_dir)
+    last = server.client.list_artifacts(run.info.run_id, folders[-1]) if folders else []
+    return [a.path for a in (*listed, *last) if not a.is_dir and a.path.endswith(".png")]
+
+
 def _figures_html(server: Server, run) -> str:
-    figures = [a.path for a in server.client.list_artifacts(run.info.run_id, FIGURE_FOLDER) if a.path.endswith(".png")]
+    figures = figure_paths(server, run)
     out = []
     for path in figures:
         data = base64.b64encode(server.png(run.info.run_id, path)).decode()
