@@ -50,6 +50,8 @@ COMPARED_TAG = "sar.compared"
 """Tag of a run that holds a comparison: its arms (what `sar ui` and `sar report` look for)."""
 HEADLINE_ARTIFACT = "headline.json"
 """The comparison as shown (verdicts, tables with their notes), for `sar ui` and `sar report`."""
+DESCRIPTION_LIMIT = 8000  # MLflow's longest tag value
+CUT_NOTE = "\n\n(cut here: the full tables are the artifacts comparison.md, differences.md and headline.json)"
 HEADLINE = "fid"  # the metric the verdicts and the headline/ keys are about
 ARMS_NOTE = ("(one run: the metric and its bootstrap standard error over the generated samples; "
              "n seeds: mean ± 95% t-interval across seeds)")
@@ -387,7 +389,10 @@ class Comparison:
         handle.log_metrics({**self.parent_metrics(), **self.headline_metrics(diffs)}, 0)
         client = handle.client()
         summary = client.get_run(handle.run_id).data.tags.get("sar.summary", "")
-        handle.set_tags({DESCRIPTION_TAG: f"{summary}\n\n{self.headline(diffs)}".strip(),
+        description = f"{summary}\n\n{self.headline(diffs)}".strip()
+        if len(description) > DESCRIPTION_LIMIT:  # many arms: the verdicts stay, the tables are in the artifacts
+            description = description[:DESCRIPTION_LIMIT - len(CUT_NOTE)].rsplit("\n", 1)[0] + CUT_NOTE
+        handle.set_tags({DESCRIPTION_TAG: description,
                          COMPARED_TAG: ", ".join(a.name for a in self.arms)})
         client.log_dict(handle.run_id, {"verdicts": self.verdicts(), "arms": {a.name: a.summary for a in self.arms},
                                         "tables": [dataclasses.asdict(t) for t in self.tables()],
