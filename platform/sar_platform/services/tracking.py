@@ -25,7 +25,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from importlib import metadata
 from typing import Any, Callable, Mapping
 
 # MLflow's HTTP client retries a refused connection for minutes by default (7 tries, backoff 2);
@@ -50,7 +49,6 @@ EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_dev
 MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
 """MLflow 3.17's UI picks GenAI or model-training pages by a switch it remembers per browser (GenAI
 at first); a link carrying this query opens the model-training pages whatever the switch says."""
-ENVIRONMENT_PACKAGES = ("torch", "ray", "mlflow", "numpy", "einops", "pydantic", "scipy", "safetensors")
 STEP_METRIC = "step"
 """Logged with every training report (its value: the step); what a resumed run's outbox checks."""
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
@@ -130,12 +128,17 @@ def git_commit(repo: Path | None = None) -> str:
 def environment() -> dict[str, str]:
     """The software a job ran with: Python, the OS, the packages that compute or record its result,
     and the code's git commit (the top-level run's `environment.json`)."""
+    import einops
+    import mlflow
+    import numpy
+    import pydantic
+    import ray
+    import safetensors
+    import torch
+
     env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
-    for package in ENVIRONMENT_PACKAGES:
-        try:
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            env[package] = "not installed"
+    env.update({m.__name__: m.__version__ for m in (torch, ray, mlflow, numpy, einops, pydantic, safetensors)})
+    env["cuda"] = torch.version.cuda or "none"
     return env
 
 
