@@ -99,7 +99,7 @@ def test_run_params_are_the_settings_and_the_architecture_and_infrastructure_is_
     assert params["optim.steps"] == "4" and params["schedule.scales"] == "[1, 2, 3, 5, 7]"
     assert not [k for k in params if k.startswith(INFRASTRUCTURE)], sorted(params)
     assert tags["sar.infra.resources.num_workers"] == "2" and tags["sar.infra.max_failures"] == "3"
-    assert tags["sar.infra.mlflow.experiment"] == "params" and tags["sar.checkpoint.init_from"] == str(checkpoint)
+    assert tags["sar.infra.mlflow.experiment"] == "params" and tags["sar.input.init_from"] == str(checkpoint)
     assert "lower is better: fid" in tags["sar.better"] and "higher is better: is" in tags["sar.better"]
     environment = MlflowClient(uri).download_artifacts(handle.run_id, "environment.json", str(tmp_path))
     assert {"python", "torch", "ray", "mlflow", "git_commit"} <= set(json.loads(open(environment).read()))

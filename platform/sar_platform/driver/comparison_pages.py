@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import tempfile
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from pathlib import Path
 from sar_platform.driver.compare import COMPARED_TAG, HEADLINE_ARTIFACT
 from sar_platform.driver.report import comparison_table
 from sar_platform.services.tracking import DESCRIPTION_TAG, PARENT_TAG, RUN_KEY_TAG, RetryingClient, run_url
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact read is noise here
 
 RECIPES = ("submitted.yaml", "spec.yaml")
 """The recipe, in order of preference: the spec file as submitted, else the run's resolved spec."""
@@ -103,6 +106,11 @@ def find_comparisons(server: Server, run) -> list:
     return found
 
 
+def _code(text: str) -> str:
+    """Escaped text with its `backquoted` keys set as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+
+
 def _table_html(table: dict) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in table["columns"])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(row.get(c, '-')))}</td>" for c in table["columns"]) + "</tr>"
@@ -155,7 +163,8 @@ def page(server: Server, run) -> str:
         if table["name"] == "arms":
             parts += ["<ul>", *(f"<li><b>{html.escape(a)}</b>: {html.escape(s)}</li>" for a, s in recorded["arms"].items()),
                       "</ul>"]
-    parts += [f'<p class="note">{html.escape(recorded["directions"])}. {html.escape(recorded["loss_note"])}</p>',
+    directions = recorded["directions"]
+    parts += [f"<p>{html.escape(directions[:1].upper() + directions[1:])}.</p><p>{_code(recorded['loss_note'])}</p>",
               "<h2>figures</h2>", _figures_html(server, run)]
     for child in under:
         if figures := _figures_html(server, child):

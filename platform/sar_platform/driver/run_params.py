@@ -5,7 +5,7 @@ architecture of the generator it trains or scores, also when that comes from a c
 (`init_from`, `generator`) rather than the spec, so that every tf and sar run can be compared on
 its model. Where and how a job runs (workers, storage, tracking server, retries) and the
 locations of its checkpoints do not change its result: they become `sar.infra.*` and
-`sar.checkpoint.*` tags, and the full resolved spec stays the run's `spec.yaml` artifact.
+`sar.input.*` tags, and the full resolved spec stays the run's `spec.yaml` artifact.
 
 Runs in the `sar` process.
 """
@@ -38,5 +38,5 @@ def split_record(job, spec: dict, workspace: Workspace) -> tuple[dict, dict[str,
     params = {k: v for k, v in spec.items() if k not in INFRASTRUCTURE and k not in checkpoints}
     params.update(architecture(job, workspace))
     tags = {f"sar.infra.{k}": v for k, v in flatten({k: spec[k] for k in INFRASTRUCTURE if k in spec}).items()}
-    tags.update({f"sar.checkpoint.{f}": spec[f] for f in sorted(checkpoints)})
+    tags.update({f"sar.input.{f}": spec[f] for f in sorted(checkpoints)})
     return params, tags
