@@ -195,18 +195,29 @@ class UiRequest:
     tracking_uri: str | None = None
 
 
-def build_ui(args) -> UiRequest:
+def _spec_server(job, stop: bool = False) -> UiRequest:
+    """The tracking server a spec's runs go to: its own URI, or its workspace's embedded server."""
     from sar_platform.services.storage import Workspace
 
+    if job.mlflow.tracking_uri:
+        return UiRequest(None, 0, stop, job.mlflow.tracking_uri)
+    return UiRequest(Workspace.of(job.storage).mlflow_root(), job.mlflow.port, stop)
+
+
+def _workspace_server(workspace: str | None, port: int | None, stop: bool = False) -> UiRequest:
+    from sar_platform.services.storage import Workspace
+
+    root = Workspace(str(Path(workspace or "workspace").resolve())).mlflow_root()
+    return UiRequest(root, 5055 if port is None else port, stop)
+
+
+def build_ui(args) -> UiRequest:
     if args.spec:
         if args.workspace is not None or args.port is not None:
             raise UsageError("give SPEC or --workspace / --port, not both: SPEC names its own storage and port")
         (job,) = _load([args.spec])
-        if job.mlflow.tracking_uri:
-            return UiRequest(None, 0, args.stop, job.mlflow.tracking_uri)
-        return UiRequest(Workspace.of(job.storage).mlflow_root(), job.mlflow.port, args.stop)
-    workspace = Path(args.workspace or "workspace").resolve()
-    return UiRequest(Workspace(str(workspace)).mlflow_root(), 5055 if args.port is None else args.port, args.stop)
+        return _spec_server(job, args.stop)
+    return _workspace_server(args.workspace, args.port, args.stop)
 
 
 def cmd_ui(args) -> int:
@@ -220,11 +231,81 @@ def cmd_ui(args) -> int:
         print("stopped" if stop_server(r.root) else "no server was running")
         return 0
     info = ensure_server(r.root, r.port)
+    from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline
+    from sar_platform.services.tracking import runs_url
+
+    server = _server(info.uri)
+    experiments = server.client.search_experiments()
+    print(f"MLflow UI: {info.uri}")
+    for experiment in experiments:
+        print(f"  {experiment.name}: {runs_url(info.uri, experiment.experiment_id)}")
+    for run in server.compared([e.experiment_id for e in experiments]) if experiments else []:
+        print(f"\n{run.info.run_name}: {server.url(run)}")
+        try:
+            print(comparison_text(headline(server, run)))
+        except ReportError as e:
+            print(f"  {e}")
+    return 0
+
+
+def _server(uri: str):
     from mlflow.tracking import MlflowClient
 
-    print(f"MLflow UI: {info.uri}")
-    for experiment in MlflowClient(info.uri).search_experiments():  # the runs tables (MLflow 3 opens a GenAI page)
-        print(f"  {experiment.name}: {info.uri}/#/experiments/{experiment.experiment_id}/runs")
+    from sar_platform.driver.comparison_pages import Server
+    from sar_platform.services.tracking import RetryingClient
+
+    return Server(uri, RetryingClient(MlflowClient(uri), attempts=2))
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    server: UiRequest  # where the runs are
+    run: str | None  # a run id or name (None: the spec's own run)
+    job: Any  # the spec's job (None: a run was named)
+    spec: str | None
+    out: Path
+
+
+def build_report(args) -> ReportRequest:
+    target = args.run_or_spec
+    is_spec = target.endswith((".yaml", ".yml")) or Path(target).is_file()
+    if is_spec:
+        if args.workspace is not None or args.port is not None or args.tracking_uri is not None:
+            raise UsageError("give a SPEC or --workspace / --port / --tracking-uri, not both: SPEC names its own "
+                             "storage and tracking server")
+        if not Path(target).is_file():
+            raise UsageError(f"{target}: no such spec file (give a job spec, or a run id or name)")
+        (job,) = _load([target])
+        return ReportRequest(_spec_server(job), None, job, target, Path(args.out))
+    if args.tracking_uri is not None and (args.workspace is not None or args.port is not None):
+        raise UsageError("--tracking-uri names the server: --workspace / --port are not read with it")
+    server = UiRequest(None, 0, False, args.tracking_uri) if args.tracking_uri else _workspace_server(args.workspace, args.port)
+    return ReportRequest(server, target, None, None, Path(args.out))
+
+
+def cmd_report(args) -> int:
+    r = build_report(args)
+    from sar_platform.driver.comparison_pages import ReportError, find_run, find_spec_run, write_pages
+    from sar_platform.services.mlflow_server import ensure_server
+    from sar_platform.services.storage import Workspace
+
+    if r.server.tracking_uri:
+        uri = r.server.tracking_uri
+    elif not r.server.root.exists():
+        raise UsageError(f"no MLflow store at {r.server.root}: give the workspace the runs were made in (--workspace)")
+    else:
+        uri = ensure_server(r.server.root, r.server.port).uri
+    server = _server(uri)
+    try:
+        if r.job is not None:
+            run_key = f"{Workspace.of(r.job.storage).root}/{r.job.name}"  # as Session.run_key
+            run = find_spec_run(server, r.job.mlflow.experiment, run_key, r.spec)
+        else:
+            run = find_run(server, r.run)
+        for path in write_pages(server, run, r.out):
+            print(f"{path}")
+    except ReportError as e:
+        raise UsageError(str(e)) from None
     return 0
 
 
@@ -404,12 +485,24 @@ def add_jobs(sub) -> None:
 
 
 def add_ui(sub) -> None:
-    p = sub.add_parser("ui", help="start (or find) the MLflow server of a workspace and print its URL")
+    p = sub.add_parser("ui", help="start (or find) the MLflow server of a workspace; print its runs tables, "
+                                  "and each comparison with the link to its run")
     p.add_argument("spec", nargs="?", help="use this spec's storage and MLflow settings")
     p.add_argument("--workspace", help="the workspace folder (default: ./workspace)")
     p.add_argument("--port", type=int, help="port of a server started now (default: 5055)")
     p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
     p.set_defaults(func=cmd_ui, build=build_ui)
+
+
+def add_report(sub) -> None:
+    p = sub.add_parser("report", help="write one self-contained HTML page per comparison (tables, verdicts, figures, "
+                                      "recipe, environment, links)")
+    p.add_argument("run_or_spec", metavar="RUN_OR_SPEC", help="a parent run's id or name, or a job spec (its run)")
+    p.add_argument("--out", default="reports", help="folder of the pages (default: ./reports)")
+    p.add_argument("--workspace", help="with a run: the workspace whose MLflow server holds it (default: ./workspace)")
+    p.add_argument("--port", type=int, help="with a run: port of a server started now (default: 5055)")
+    p.add_argument("--tracking-uri", help="with a run: the tracking server that holds it (instead of a workspace)")
+    p.set_defaults(func=cmd_report, build=build_report)
 
 
 def add_checkpoint_arguments(p) -> None:
@@ -467,7 +560,7 @@ def add_data(sub) -> None:
     p.set_defaults(func=cmd_data, build=build_data)
 
 
-SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_sample, add_eval, add_import_flexvar, add_data)
+SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_report, add_sample, add_eval, add_import_flexvar, add_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ def _save(fig: Figure, path: str | Path, dpi: int = 120) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=dpi, facecolor="white")
+    fig.savefig(path, dpi=dpi, facecolor="white", bbox_inches="tight", pad_inches=0.1)  # titles and legends stay inside
     return path
 
 

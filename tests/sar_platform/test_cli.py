@@ -37,7 +37,7 @@ CLUSTER = ["--address", "http://127.0.0.1:8265"]
 
 def base_argv(command: str, spec: str) -> list[str]:
     return {
-        "validate": [spec], "schema": [], "run": [spec], "submit": [spec, *CLUSTER], "ui": [],
+        "validate": [spec], "schema": [], "run": [spec], "submit": [spec, *CLUSTER], "ui": [], "report": ["parent-run"],
         "jobs list": CLUSTER, "jobs status": ["sar-job-1", *CLUSTER], "jobs logs": ["sar-job-1", *CLUSTER],
         "jobs stop": ["sar-job-1", *CLUSTER],
         "sample": CHECKPOINTS, "eval": CHECKPOINTS, "data": ["fashion-mnist"],
@@ -97,7 +97,7 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
     monkeypatch.chdir(tmp_path)
     commands = subcommands()
     assert set(commands) == {"validate", "schema", "run", "submit", "jobs list", "jobs status", "jobs logs", "jobs stop",
-                             "ui", "sample", "eval", "import-flexvar", "data"}
+                             "ui", "report", "sample", "eval", "import-flexvar", "data"}
     checked = []
     for command, parser in commands.items():
         base = [*command.split(), *base_argv(command, specs[0])]
@@ -115,7 +115,8 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
             assert built([*command.split(), *changed]) != reference, f"sar {command}: {action.dest} changes nothing"
             checked.append(f"{command} {action.dest}")
     assert "eval seed" in checked and "run num_cpus" in checked and "ui port" in checked and "submit shared_path" in checked
-    assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and len(checked) >= 48
+    assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and "report tracking_uri" in checked
+    assert len(checked) >= 53
 
 
 def test_eval_cfg_takes_one_weight_or_a_grid():
@@ -144,6 +145,9 @@ def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generati
     (["sample", *CHECKPOINTS, "--cfg", "1,2"], "sar sample draws at one guidance weight"),
     (["ui", "SPEC", "--port", "5056"], "give SPEC or --workspace / --port, not both"),
     (["run", "SPEC", "--address", "127.0.0.1:6379", "--num-cpus", "2"], "--num-cpus sizes the embedded Ray"),
+    (["report", "SPEC", "--workspace", "ws"], "give a SPEC or --workspace / --port / --tracking-uri, not both"),
+    (["report", "missing.yaml"], "missing.yaml: no such spec file"),
+    (["report", "run", "--tracking-uri", "http://x", "--port", "5056"], "--workspace / --port are not read with it"),
 ])
 def test_a_flag_that_cannot_be_used_is_refused_with_exit_2(specs, argv, message):
     argv = [specs[0] if a == "SPEC" else a for a in argv]

@@ -95,7 +95,7 @@ def test_the_next_step_starts_from_the_best_checkpoint_and_says_which_and_why(pi
     steps, runs, run_dir = pipeline
     _, _, meta = read_header(steps["tf"]["generator"])
     tags = runs["converged.tf"].data.tags
-    assert runs["converged.tf"].data.params["init_from"] == f"{run_dir}/checkpoint_00000002/generator.safetensors"
+    assert tags["sar.input.init_from"] == f"{run_dir}/checkpoint_00000002/generator.safetensors"
     assert tags["sar.ref.init_from"] == "step:pretrain@best"
     assert tags["sar.ref.init_from.chosen"].startswith("the best checkpoint of step pretrain by its rule: lowest select/fid")
     assert tags["sar.step_offset"] == "2" and int(meta["step"]) == 3  # continues the best checkpoint's step axis

@@ -20,6 +20,7 @@ Runs in the `sar` process.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tempfile
@@ -27,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sar_core.eval import HEADLINE_METRICS
+from sar_core.eval.directions import better, directions_line
 from sar_core.eval.uncertainty import (difference_of_two, holm, mean_ci, normal_p_value, paired_difference,
                                        paired_p_value, unpaired_difference, welch_p_value)
 from sar_core.gauge_keys import CALIBRATED_GAPS, CONTEXTS, RAW_GAPS, continuation_key, diag_key
 from sar_core.objectives.metrics import scale_key
 from sar_platform.driver.guidance import at_best_guidance, grid, report_key
 from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, guidance_figure, log_table
-from sar_platform.services.tracking import RunHandle, flatten, metric_key
+from sar_platform.services.tracking import DESCRIPTION_TAG, RunHandle, flatten, metric_key
 from sar_platform.spec.reads import read_spec
 
 ALPHA = 0.05  # family-wise error rate of the Holm-adjusted stars and verdicts
@@ -44,8 +46,41 @@ so they are not in the Holm family."""
 CONTINUATION_FID = re.compile(r"cont/k(\d+)/fid$")  # continuation quality from k ground-truth scales
 PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")  # the scales an arm measured (keys named by `scale_key`)
 
+COMPARED_TAG = "sar.compared"
+"""Tag of a run that holds a comparison: its arms (what `sar ui` and `sar report` look for)."""
+HEADLINE_ARTIFACT = "headline.json"
+"""The comparison as shown (verdicts, tables with their notes), for `sar ui` and `sar report`."""
+DESCRIPTION_LIMIT = 8000  # MLflow's longest tag value
+CUT_NOTE = "\n\n(cut here: the full tables are the artifacts comparison.md, differences.md and headline.json)"
+HEADLINE = "fid"  # the metric the verdicts and the headline/ keys are about
+ARMS_NOTE = ("(one run: the metric and its bootstrap standard error over the generated samples; "
+             "n seeds: mean ± 95% t-interval across seeds)")
+GUIDANCE_NOTE = ("(cfg: the guidance each arm is reported at, the lowest mean FID on the selection sample set; "
+                 "the numbers are the separate report set's at that guidance; -: no guidance grid)")
+GAUGES_NOTE = ("(train-test gaps on the probe over scales 2..N, each context minus teacher forcing: sf one-step "
+               "student forcing, ar full rollout; gap: nats per token, moved by any rescaling of the logits; "
+               "cal/gap: the same after one fitted temperature per run; cal/acc_gap: top-1 agreement lost)")
+CONTINUATION_NOTE = ("(FID of images whose first k scales are real images' tokens and the rest the model's own: "
+                     "k0 is plain generation; how errors accumulate scale by scale)")
+LOSS_NOTE = ("Training curves: chart `loss/tf` to compare arms (every kind that grades teacher-forced inputs logs it); "
+             "`loss/total` of SAR adds γ·L_CSF, and `diag/tf/loss` is the teacher-forced loss on the shared probe for "
+             "every kind with diagnostics.")
+
 NOT_SETTINGS = ("name", "description", "tokenizer", "init_from", "kind", "storage.", "mlflow.", "log.", "checkpoint.")
 """Params that say where a run lives or what it logs, not what it trains: left out of "settings that differ"."""
+
+
+@dataclass(frozen=True)
+class Table:
+    """One table of a comparison as shown: display cells per row, and the notes that explain it."""
+
+    name: str
+    columns: list[str]
+    rows: list[dict]
+    notes: tuple[str, ...] = ()
+
+    def text(self) -> str:
+        return comparison_table(self.rows, self.columns)
 
 
 @dataclass
@@ -260,32 +295,59 @@ class Comparison:
                 cells.append(row)
         return cells
 
-    def render(self) -> str:
-        """The printed comparison: arms, the compared differences, the verdicts, guidance curves and gaps."""
+    def tables(self) -> list[Table]:
+        """The comparison's tables as shown (cells with their uncertainty): arms, differences,
+        guidance curves, gauges, continuation; those with nothing to show are left out."""
         metrics, diffs = self.metrics(), self.differences()
-        chosen = ["cfg"] if self.guidance else []
-        cells = [{"arm": a.name, "n": max(1, len(a.results)), "cfg": self.guidance.get(a.name, "-"),
-                  **{m: estimate(a, m).cell(m) for m in metrics}} for a in self.arms]
-        text = [comparison_table(cells, ["arm", "n", *chosen, *metrics]),
-                *(f"  {a.name}: {a.summary}" for a in self.arms),
-                "  (one run: the metric and its bootstrap standard error over the generated samples; "
-                "n seeds: mean ± 95% t-interval across seeds)"]
-        if self.guidance:
-            text.append("  (cfg: the guidance each arm is reported at, the lowest mean FID on the selection sample set; "
-                        "the numbers are the separate report set's at that guidance; -: no guidance grid)")
+        arms = [{"arm": a.name, "n": max(1, len(a.results)), "cfg": self.guidance.get(a.name, "-"),
+                 **{m: estimate(a, m).cell(m) for m in metrics}} for a in self.arms]
+        out = [Table("arms", ["arm", "n", *(["cfg"] if self.guidance else []), *metrics], arms,
+                     (ARMS_NOTE, *([GUIDANCE_NOTE] if self.guidance else [])))]
         if diffs:
-            text += ["", self.render_differences(diffs), "", *self.verdicts()]
+            out.append(self.differences_table(diffs))
         if curves := self.guidance_curves():
-            text += ["", self.render_curves(curves)]
+            out.append(self.curves_table(curves))
         if cells := self.gap_cells():
-            text += ["", comparison_table(cells, ["arm", *(k.removeprefix("diag/") for k in GAUGES)]),
-                     "  (train-test gaps on the probe over scales 2..N, each context minus teacher forcing: sf one-step "
-                     "student forcing, ar full rollout; gap: nats per token, moved by any rescaling of the logits; "
-                     "cal/gap: the same after one fitted temperature per run; cal/acc_gap: top-1 agreement lost)"]
+            out.append(Table("gauges", ["arm", *(k.removeprefix("diag/") for k in GAUGES)], cells, (GAUGES_NOTE,)))
         if cells := self.continuation_cells():
-            text += ["", comparison_table(cells, list(cells[0])),
-                     "  (FID of images whose first k scales are real images' tokens and the rest the model's own: "
-                     "k0 is plain generation; how errors accumulate scale by scale)"]
+            out.append(Table("continuation", list(cells[0]), cells, (CONTINUATION_NOTE,)))
+        return out
+
+    def render(self) -> str:
+        """The printed comparison: the tables, each arm's summary under the arms, the verdicts under the differences."""
+        text = []
+        for table in self.tables():
+            text += ([""] if text else []) + [table.text()]
+            if table.name == "arms":
+                text += [f"  {a.name}: {a.summary}" for a in self.arms]
+            text += [f"  {note}" for note in table.notes]
+            if table.name == "differences":
+                text += ["", *self.verdicts()]
+        return "\n".join(text)
+
+    def headline_metrics(self, diffs: list[dict]) -> dict[str, float]:
+        """`headline/<a>-<b>/fid_diff`, `_ci95`, `_p_holm` of every compared pair, rounded as the
+        tables show them (the full values are the `diff/` keys): the numbers to read first."""
+        out = {}
+        for row in diffs:
+            name = row["difference"].replace(" - ", "-")
+            for suffix, digits in (("diff", DECIMALS["fid"]), ("ci95", DECIMALS["fid"]), ("p_holm", 3)):
+                value = row.get(f"{HEADLINE}_{suffix}", math.nan)
+                if not math.isnan(value):
+                    out[metric_key(f"headline/{name}/{HEADLINE}_{suffix}")] = round(value, digits)
+        return out
+
+    def headline(self, diffs: list[dict]) -> str:
+        """The parent run's description (markdown): the verdicts, the arms and the differences, and
+        which way each metric is better."""
+        text = [*(f"- {v}" for v in self.verdicts())]
+        for table in self.tables()[:2]:  # the arms and the differences
+            text += ["", table.text(), "", *table.notes]
+        if diffs:
+            text += ["", f"Headline metrics: `headline/<a>-<b>/{HEADLINE}_diff` is a minus b ({better(HEADLINE)} is "
+                         f"better), `_ci95` its unadjusted 95% half-width, `_p_holm` its {self.family(diffs)}."]
+        directions = directions_line(self.metrics())
+        text += ["", f"{directions[:1].upper()}{directions[1:]}.", "", LOSS_NOTE]
         return "\n".join(text)
 
     def continuation_cells(self) -> list[dict]:
@@ -295,17 +357,17 @@ class Comparison:
         return [{"arm": a.name, **{f"fid k{k}": estimate(a, continuation_key(k, "fid")).cell("fid") for k in ks}}
                 for a in self.arms if any(a.values(continuation_key(k, "fid")) for k in ks)]
 
-    def render_differences(self, diffs: list[dict]) -> str:
-        """The differences table: unadjusted intervals, stars from the Holm-adjusted p."""
+    def differences_table(self, diffs: list[dict]) -> Table:
+        """The differences: unadjusted intervals, stars from the Holm-adjusted p."""
         metrics = self.metrics()
         shown = [{"difference": row["difference"],
                   **{m: Estimate(row[f"{m}_diff"], row[f"{m}_ci95"], 0, row["basis"]).cell(m, signed=True)
                      + (" *" if row[f"{m}_beyond_noise"] else "") for m in metrics}} for row in diffs]
-        return "\n".join([comparison_table(shown, ["difference", *metrics]),
-                          f"  (± unadjusted 95% interval; * p < {ALPHA:g}, {self.family(diffs)}: "
-                          f"{plural(len(metrics), 'metric')} x {plural(len(diffs), 'pair')})"])
+        return Table("differences", ["difference", *metrics], shown,
+                     (f"(± unadjusted 95% interval; * p < {ALPHA:g}, {self.family(diffs)}: "
+                      f"{plural(len(metrics), 'metric')} x {plural(len(diffs), 'pair')})",))
 
-    def render_curves(self, curves: list[dict]) -> str:
+    def curves_table(self, curves: list[dict]) -> Table:
         """Each arm's report-set metrics at every guidance of its grid, the chosen one marked."""
         metrics = list(dict.fromkeys(c["metric"] for c in curves))
         by_point: dict[tuple, dict] = {}
@@ -314,8 +376,8 @@ class Comparison:
             row = by_point.setdefault((c["arm"], c["cfg"]), {"arm": c["arm"], "cfg": cfg, "n": c["n"]})
             half, basis = (c["se"], "SE") if "se" in c else (c["ci95"], "CI")
             row[c["metric"]] = Estimate(c["value"], half, c["n"], basis).cell(c["metric"])
-        return "\n".join([comparison_table(list(by_point.values()), ["arm", "cfg", "n", *metrics]),
-                          "  (metrics against guidance on the report set; < the arm's chosen guidance)"])
+        return Table("guidance curves", ["arm", "cfg", "n", *metrics], list(by_point.values()),
+                     ("(metrics against guidance on the report set; < the arm's chosen guidance)",))
 
     def log(self, handle: RunHandle) -> dict:
         """Record the comparison in the parent run (tables as artifacts, numbers as metrics); returns
@@ -324,7 +386,18 @@ class Comparison:
         log_table(handle, rows, list(rows[0]), "comparison")
         if diffs:
             log_table(handle, diffs, list(diffs[0]), "differences")
-        handle.log_metrics(self.parent_metrics(), 0)
+        handle.log_metrics({**self.parent_metrics(), **self.headline_metrics(diffs)}, 0)
+        client = handle.client()
+        summary = client.get_run(handle.run_id).data.tags.get("sar.summary", "")
+        description = f"{summary}\n\n{self.headline(diffs)}".strip()
+        if len(description) > DESCRIPTION_LIMIT:  # many arms: the verdicts stay, the tables are in the artifacts
+            description = description[:DESCRIPTION_LIMIT - len(CUT_NOTE)].rsplit("\n", 1)[0] + CUT_NOTE
+        handle.set_tags({DESCRIPTION_TAG: description,
+                         COMPARED_TAG: ", ".join(a.name for a in self.arms)})
+        client.log_dict(handle.run_id, {"verdicts": self.verdicts(), "arms": {a.name: a.summary for a in self.arms},
+                                        "tables": [dataclasses.asdict(t) for t in self.tables()],
+                                        "directions": directions_line(self.metrics()), "loss_note": LOSS_NOTE},
+                        HEADLINE_ARTIFACT)
         if curves := self.guidance_curves():
             log_table(handle, curves, ["arm", "cfg", "metric", "value", "ci95", "se", "n", "chosen"], "guidance_curves")
             with tempfile.TemporaryDirectory() as tmp:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sar_core.eval import HEADLINE_METRICS
+from sar_core.eval.directions import better
 from sar_platform.services.tracking import RunHandle
 
 
@@ -92,7 +93,7 @@ def metric_vs_params_figure(rows: Sequence[dict], params: Sequence[str], metric:
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # titles and legends inside the image
     plt.close(fig)
     return path
 
@@ -107,7 +108,7 @@ def log_sweep_figure(handle: RunHandle, rows, params, metric: str) -> None:
 def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
     """Fig. 8's question as curves: for every arm, the train-test gap at each scale (the student's
     loss minus the teacher-forced loss on the same probe tokens), one panel per student context,
-    with its 95% interval across seeds where an arm has several."""
+    with its 95% interval across seeds where an arm has several (the legend says n)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -126,31 +127,33 @@ def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
                 continue
             xs, ys, half = zip(*points)
             dodge = 0.06 * (i - (len(arms) - 1) / 2)  # arms with equal gaps stay visible side by side
+            ns = [g["n"] for g in gaps if g["arm"] == arm and g["context"] == context]
             ax.errorbar([x + dodge for x in xs], ys, yerr=[0 if math.isnan(h) else h for h in half], marker="os^Dv"[i % 5],
-                        capsize=3, label=arm)
+                        capsize=3, label=_arm_label(arm, [{"n": n} for n in ns], one_run="1 run, no interval"))
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(titles[context], fontsize=10)
         ax.set_xlabel("scale (tokens per side)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss gap to teacher forcing (nats)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle("train-test gap per scale on the probe (mean, 95% interval across seeds)", fontsize=10)
+    fig.suptitle("train-test gap per scale on the probe (the legend gives each arm's n and its bars)", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # titles and legends inside the image
     plt.close(fig)
     return path
 
 
-METRIC_TITLES = {"fid": "FID (lower is better)", "is": "Inception Score", "precision": "precision", "recall": "recall"}
+METRIC_TITLES = {m: f"{name} ({better(m)} is better)" for m, name in
+                 (("fid", "FID"), ("is", "Inception Score"), ("precision", "precision"), ("recall", "recall"))}
 
 
-def _arm_label(arm: str, points: Sequence[dict]) -> str:
-    """The arm and what its bars are: n seeds (95% t-interval), or one run (±1.96 bootstrap SE)."""
+def _arm_label(arm: str, points: Sequence[dict], one_run: str = "1 run, ±1.96 bootstrap SE") -> str:
+    """The arm and what its bars are: n seeds (mean, 95% t-interval), or one run (`one_run`)."""
     ns = sorted({p["n"] for p in points})
     if ns == [1]:
-        return f"{arm} (1 run, ±1.96 bootstrap SE)"
+        return f"{arm} ({one_run})"
     n = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
-    return f"{arm} (n = {n} seeds, 95% t-interval)"
+    return f"{arm} (mean of n = {n} seeds, 95% t-interval)"
 
 
 def guidance_figure(curves: Sequence[dict], path: Path) -> Path | None:
@@ -188,6 +191,6 @@ def guidance_figure(curves: Sequence[dict], path: Path) -> Path | None:
     fig.suptitle("metrics against guidance on the report sample set (ringed: each arm's guidance, "
                  "chosen by the lowest mean FID on the selection set)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # titles and legends inside the image
     plt.close(fig)
     return path

@@ -14,9 +14,11 @@ from typing import Any, Callable, Mapping
 
 import yaml
 
+from sar_core.eval.directions import directions_line
 from sar_platform.driver.jobs import RUN_LINE
+from sar_platform.driver.run_params import split_record
 from sar_platform.services.storage import Workspace
-from sar_platform.services.tracking import RunHandle, Tracker
+from sar_platform.services.tracking import RunHandle, Tracker, environment
 from sar_platform.spec.reads import read_spec
 
 
@@ -86,23 +88,27 @@ class Session:
         return path if self.workspace.is_local else f"s3://{path}"
 
     def open_run(self, run_name: str, job, parent: RunHandle | None, step_offset: int = 0, origin: str = "") -> RunHandle:
-        """The job's MLflow run (created once, found again on resume/retry). Params and `spec.yaml`:
-        the job's own resolved spec, the fields it reads; the run's description says in one line
+        """The job's MLflow run (created once, found again on resume/retry). Params: the fields of the
+        job's own resolved spec it reads and its generator's architecture, without infrastructure
+        (tags, driver/run_params.py); `spec.yaml`: that spec whole; the run's description says in one line
         what it is (`origin`: where its starting checkpoint came from); the top-level run also keeps
-        the spec file as submitted. `step_offset`: the step of the checkpoint the run continues."""
+        the spec file as submitted and the software environment. `step_offset`: the step of the checkpoint the run continues."""
         spec = read_spec(job)
+        params, record_tags = split_record(job, spec, self.workspace)
         summary = job.summary() + (f"; from {origin}" if origin else "")
         handle, created = self.tracker.open(
-            self.run_key(run_name), run_name, params=spec, parent=parent, step_offset=step_offset,
+            self.run_key(run_name), run_name, params=params, parent=parent, step_offset=step_offset,
             description=summary + (f"\n\n{job.description}" if job.description else ""),
             tags={"sar.job_kind": job.kind, "sar.spec_name": job.name, "sar.summary": summary,
-                  "sar.step_offset": str(step_offset), **self.run_tags},
+                  "sar.step_offset": str(step_offset), "sar.better": directions_line(), **record_tags, **self.run_tags},
         )
         if created:
             client = handle.client()
             client.log_text(handle.run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
-            if parent is None and self.spec_text:
-                client.log_text(handle.run_id, self.spec_text, "submitted.yaml")
+            if parent is None:
+                client.log_dict(handle.run_id, environment(), "environment.json")
+                if self.spec_text:
+                    client.log_text(handle.run_id, self.spec_text, "submitted.yaml")
         if parent is None:  # one link per `sar run`; `sar submit` / `sar jobs status` pick it up (driver/jobs.py)
             print(f"{RUN_LINE}{run_name}: {self.tracker.run_url(handle.run_id)}", flush=True)
         return handle

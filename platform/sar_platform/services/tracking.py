@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -42,6 +43,13 @@ from sar_platform.services.ray_env import repository_root
 
 RUN_KEY_TAG = "sar.run_key"
 PARENT_TAG = "mlflow.parentRunId"
+DESCRIPTION_TAG = "mlflow.note.content"
+"""The run's description in the MLflow UI (markdown)."""
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""The experiment type MLflow 3 records (its UI's "experiment type" setting): model training, not GenAI."""
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+"""MLflow 3.17's UI picks GenAI or model-training pages by a switch it remembers per browser (GenAI
+at first); a link carrying this query opens the model-training pages whatever the switch says."""
 STEP_METRIC = "step"
 """Logged with every training report (its value: the step); what a resumed run's outbox checks."""
 METRICS_PER_REQUEST = 1000  # MLflow's log_batch limit
@@ -123,6 +131,23 @@ def git_commit(repo: Path | None = None) -> str:
     if out.returncode != 0:
         return "unknown"
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment() -> dict[str, str]:
+    """The software a job ran with: Python, the OS, the packages that compute or record its result,
+    and the code's git commit (the top-level run's `environment.json`)."""
+    import einops
+    import mlflow
+    import numpy
+    import pydantic
+    import ray
+    import safetensors
+    import torch
+
+    env = {"python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit()}
+    env.update({m.__name__: m.__version__ for m in (torch, ray, mlflow, numpy, einops, pydantic, safetensors)})
+    env["cuda"] = torch.version.cuda or "none"
+    return env
 
 
 @dataclass(frozen=True)
@@ -229,6 +254,16 @@ class MetricOutbox:
         return True
 
 
+def runs_url(uri: str, experiment_id: str) -> str:
+    """The experiment's runs table, on the model-training pages."""
+    return f"{uri}/#/experiments/{experiment_id}/runs{MODEL_TRAINING_VIEW}"
+
+
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """The run's page (overview, params, metrics, description, artifacts), on the model-training pages."""
+    return f"{uri}/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
+
+
 class Tracker:
     """Driver-side access to one experiment on one tracking server."""
 
@@ -238,13 +273,18 @@ class Tracker:
         self.opened: list[RunHandle] = []
         """Runs opened through this tracker (`end_open_runs` closes what they leave RUNNING)."""
         found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+        else:
+            self.experiment_id = found.experiment_id
+            if found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING:  # made before the tag, or by hand
+                self.client.set_experiment_tag(self.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
 
     def runs_url(self) -> str:
-        return f"{self.uri}/#/experiments/{self.experiment_id}/runs"
+        return runs_url(self.uri, self.experiment_id)
 
     def run_url(self, run_id: str) -> str:
-        return f"{self.runs_url()}/{run_id}"
+        return run_url(self.uri, self.experiment_id, run_id)
 
     def find(self, run_key: str) -> str | None:
         escaped = run_key.replace("'", "\\'")
@@ -272,7 +312,7 @@ class Tracker:
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
         if description:
-            all_tags["mlflow.note.content"] = description
+            all_tags[DESCRIPTION_TAG] = description
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         handle = RunHandle(self.uri, run.info.run_id, step_offset, self.server_root)
         self.opened.append(handle)
