@@ -1,4 +1,5 @@
-"""Shared fixtures: tiny model configs (CPU, seconds) and real Fashion-MNIST."""
+"""Shared fixtures: tiny model configs (CPU, seconds), real Fashion-MNIST, a tokenizer trained on it,
+the local Ray and an S3 server (their helpers: tests/support)."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from sar_core import GeneratorConfig, MultiScaleVQ, ScaleGenerator, ScaleSchedule, TokenizerConfig
+from sar_core import GeneratorConfig, MultiScaleVQ, ScaleGenerator, ScaleSchedule, TokenizerConfig, save_model
 from tests.support.holds import Holds, session_holds
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +63,23 @@ def fmnist_small():
     return load_tensors("train", limit=2048), load_tensors("test", limit=512)
 
 
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> Path:
+    """A tokenizer trained briefly on real Fashion-MNIST (in-process: its quality is not under test)."""
+    from sar_core.data.fashion_mnist import load_tensors
+
+    torch.manual_seed(0)
+    images, _ = load_tensors("train", limit=1024)
+    tok = MultiScaleVQ(TINY_TOKENIZER)
+    opt = torch.optim.Adam(tok.parameters(), lr=2e-3)
+    for i in range(30):
+        _, loss, _ = tok(images[torch.randint(0, len(images), (32,), generator=torch.Generator().manual_seed(i))])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return save_model(tok, tmp_path_factory.mktemp("tokenizer") / "tokenizer.safetensors")
+
+
 @pytest.fixture
 def holds() -> Holds:
     """Hold points every process of this session (Ray workers included) stops at when armed."""
@@ -78,3 +96,12 @@ def ray_local():
     reaper = embedded_ray.start(2, repository_runtime_env(REPO), configure_logging=False)
     yield
     embedded_ray.stop(reaper)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """moto's S3 server on loopback, for the tests of one module."""
+    from tests.support.servers import s3_server
+
+    with s3_server() as endpoint:
+        yield endpoint

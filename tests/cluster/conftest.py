@@ -2,7 +2,7 @@
 cores, and ended with it: a second Ray left running would make Ray Train's placement-group cleaner
 in later tests' clusters fail to find its own cluster, and a trial ASHA stops would leak its CPUs):
 
-- an S3 server (moto's ThreadedMotoServer on 127.0.0.1) with one bucket, for the specs'
+- an S3 server (moto's, `s3_endpoint` of tests/conftest.py) with one bucket, for the specs'
   `storage.path: s3://...` and MLflow's artifacts;
 - the cluster MLflow recipe (`cluster/mlflow-server.sh start`) with artifacts on that S3;
 - a Ray head and a Ray worker node started with `ray start` on 127.0.0.1 with distinct ports, each
@@ -18,7 +18,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,44 +28,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
+from tests.support.processes import free_ports, kill_marked
 
 BIN = Path(sys.executable).parent
 MARK = "SAR_TEST_CLUSTER"
 NODE_MARK = "SAR_TEST_NODE"
 BUCKET = "sar-test"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def marked_pids(key: str, value: str) -> list[int]:
-    """Processes whose environment holds key=value (read from /proc)."""
-    wanted, found = f"{key}={value}".encode(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if wanted in (entry / "environ").read_bytes().split(b"\0"):
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
-
-
-def kill_marked(key: str, value: str, sig=signal.SIGKILL) -> int:
-    pids = marked_pids(key, value)
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-    return len(pids)
 
 
 @dataclass
@@ -156,29 +123,15 @@ def cluster_env(root: Path, tracking_uri: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def s3_server():
-    from moto.server import ThreadedMotoServer
-
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    (port,) = free_ports(1)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def cluster(s3_server):
+def cluster(s3_endpoint):
     root = Path(tempfile.mkdtemp(prefix="sarc", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
     (mlflow_port,) = free_ports(1)
     env = cluster_env(root, f"http://127.0.0.1:{mlflow_port}")
     mlflow_env = {**env, "SAR_MLFLOW_BACKEND": f"sqlite:///{root / 'mlflow.db'}", "SAR_MLFLOW_DIR": str(root / "mlflow"),
-                  "SAR_MLFLOW_ARTIFACTS": f"s3://{BUCKET}/mlflow", "SAR_S3_ENDPOINT": s3_server,
+                  "SAR_MLFLOW_ARTIFACTS": f"s3://{BUCKET}/mlflow", "SAR_S3_ENDPOINT": s3_endpoint,
                   "SAR_MLFLOW_HOST": "127.0.0.1", "SAR_MLFLOW_PORT": str(mlflow_port), "SAR_MLFLOW_WORKERS": "1"}
     recipe = [str(REPO / "cluster" / "mlflow-server.sh")]
-    c = LoopbackCluster(root, env, s3_server, f"http://127.0.0.1:{mlflow_port}")
+    c = LoopbackCluster(root, env, s3_endpoint, f"http://127.0.0.1:{mlflow_port}")
     c.s3().create_bucket(Bucket=BUCKET)
     # The MLflow server starts while the Ray nodes do (each takes 10-30 s on 2 busy cores).
     mlflow = subprocess.Popen(["bash", *recipe, "start"], env=mlflow_env, stdout=subprocess.PIPE,

@@ -9,15 +9,15 @@ import json
 import re
 import shutil
 import subprocess
-import textwrap
-import time
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.cluster.conftest import BIN, BUCKET
 from tests.conftest import REPO
-from tests.sar_platform.conftest import EVAL, GENERATOR_MODEL, tokenizer_path  # noqa: F401 (a fixture)
+from tests.support.servers import experiment_runs
+from tests.support.processes import wait_until
+from tests.support.specs import EVAL, pipeline_spec, sweep_spec, train_body, train_spec, train_step, write_spec
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
 TOKENIZER = f"s3://{BUCKET}/inputs/tokenizer.safetensors"
@@ -25,7 +25,7 @@ STORAGE = f"s3://{BUCKET}/ws"  # one workspace: token shards and evaluation asse
 
 
 @pytest.fixture(scope="module")
-def specs(cluster, tokenizer_path):  # noqa: F811
+def specs(cluster, tokenizer_path):
     """A folder for this module's specs inside the repository (what `sar submit` ships), and the
     tokenizer uploaded to S3."""
     cluster.s3().upload_file(str(tokenizer_path), BUCKET, TOKENIZER.split(f"{BUCKET}/", 1)[1])
@@ -35,23 +35,21 @@ def specs(cluster, tokenizer_path):  # noqa: F811
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def train_spec(specs, cluster, name: str, body: str, max_failures: int = 0) -> str:
-    """A tiny two-worker train job with storage on S3, as a path relative to the repository."""
-    text = f"""
-kind: train
-name: {name}
-storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}
-mlflow: {{experiment: {name}}}
-resources: {{num_workers: 2, cpus_per_worker: 1}}  # one per node: each has one CPU
-max_failures: {max_failures}
-tokenizer: {TOKENIZER}
-model: {GENERATOR_MODEL}
-schedule: {{scales: [1, 2, 3, 5, 7]}}
-data: {{limit: 256}}
-""" + textwrap.dedent(body)
-    path = specs / f"{name}.yaml"
-    path.write_text(text)
-    return str(path.relative_to(REPO))
+def on_s3(cluster, name: str) -> tuple[str, str]:
+    """`head` lines of a job on the test cluster: its workspace on S3, its runs in experiment `name`."""
+    return f'storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}', f"mlflow: {{experiment: {name}}}"
+
+
+def submittable(specs, name: str, text: str) -> str:
+    """The spec written in this module's folder, as a path relative to the repository."""
+    return str(write_spec(specs, text, f"{name}.yaml").relative_to(REPO))
+
+
+def two_node_train(specs, cluster, name: str, *fields: str, optim: str, max_failures: int = 0) -> str:
+    """A tiny two-worker train job on 256 images with storage on S3."""
+    head = (*on_s3(cluster, name), "resources: {num_workers: 2, cpus_per_worker: 1}  # one per node: each has one CPU",
+            f"max_failures: {max_failures}")
+    return submittable(specs, name, train_spec(name, "data: {limit: 256}", *fields, head=head, tokenizer=TOKENIZER, optim=optim))
 
 
 def submitted_id(out: subprocess.CompletedProcess) -> str:
@@ -60,10 +58,9 @@ def submitted_id(out: subprocess.CompletedProcess) -> str:
     return match.group(1)
 
 
-def runs(cluster, experiment: str):
-    client = MlflowClient(cluster.tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    return [] if exp is None else client.search_runs([exp.experiment_id])
+def job_logs(cluster, job_id: str):
+    """What `sar jobs logs` shows of the job (called when a wait fails)."""
+    return lambda: cluster.sar("jobs", "logs", job_id, "--address", cluster.address).stdout
 
 
 def jobs_client(cluster):
@@ -87,17 +84,13 @@ def worker_nodes(cluster, submission_id: str) -> set[str]:
 
 
 def test_a_two_node_job_on_s3_succeeds_and_the_job_commands_show_it(cluster, specs):
-    spec = train_spec(specs, cluster, "two-nodes", f"""
-        optim: {{lr: 0.001, batch_size: 16, steps: 6}}
-        checkpoint: {{every_steps: 3}}
-        log: {{every_steps: 3}}
-        eval: {EVAL}
-    """)
+    spec = two_node_train(specs, cluster, "two-nodes", "checkpoint: {every_steps: 3}", "log: {every_steps: 3}",
+                          f"eval: {EVAL}", optim="{lr: 0.001, batch_size: 16, steps: 6}")
     out = cluster.sar("submit", spec, "--address", cluster.address)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     job_id = submitted_id(out)
     assert f"[sar] {job_id}: SUCCEEDED" in out.stdout
-    (found,) = runs(cluster, "two-nodes")
+    (found,) = experiment_runs(cluster.tracking_uri, "two-nodes")
     url = f"{cluster.tracking_uri}/#/experiments/{found.info.experiment_id}/runs/{found.info.run_id}"
     assert f"[sar] MLflow run two-nodes: {url}" in out.stdout
 
@@ -133,17 +126,11 @@ def test_a_two_node_job_on_s3_succeeds_and_the_job_commands_show_it(cluster, spe
 
 
 def test_a_worker_node_lost_mid_run_resumes_from_the_s3_checkpoint_in_the_same_mlflow_run(cluster, specs):
-    spec = train_spec(specs, cluster, "node-loss", """
-        optim: {lr: 0.001, batch_size: 16, steps: 80}
-        checkpoint: {every_steps: 10}
-        log: {every_steps: 5}
-        eval: {at_end: false}
-    """, max_failures=2)
+    spec = two_node_train(specs, cluster, "node-loss", "checkpoint: {every_steps: 10}", "log: {every_steps: 5}",
+                          "eval: {at_end: false}", optim="{lr: 0.001, batch_size: 16, steps: 80}", max_failures=2)
     job_id = submitted_id(cluster.sar("submit", spec, "--address", cluster.address, "--no-wait"))
-    deadline = time.monotonic() + 400
-    while not any("checkpoint_00000020/" in k for k in cluster.keys("ws/runs/node-loss/")):  # 10 is surely registered
-        assert time.monotonic() < deadline, cluster.sar("jobs", "logs", job_id, "--address", cluster.address).stdout
-        time.sleep(0.5)
+    wait_until(lambda: any("checkpoint_00000020/" in k for k in cluster.keys("ws/runs/node-loss/")), 400,
+               "checkpoint 20 (10 is surely registered)", detail=job_logs(cluster, job_id))
     assert cluster.kill_node("worker") > 0
     cluster.start_worker()  # the node comes back (a replacement machine)
 
@@ -151,7 +138,7 @@ def test_a_worker_node_lost_mid_run_resumes_from_the_s3_checkpoint_in_the_same_m
     assert follow.returncode == 0, follow.stdout[-5000:]
     start = int(follow.stdout.split("[node-loss] resuming from step ")[1].split()[0])
     assert start >= 10 and start % 10 == 0
-    (found,) = runs(cluster, "node-loss")  # the same MLflow run continued
+    (found,) = experiment_runs(cluster.tracking_uri, "node-loss")  # the same MLflow run continued
     assert found.info.status == "FINISHED"
     steps = {m.step for m in MlflowClient(cluster.tracking_uri).get_metric_history(found.info.run_id, "loss/total")}
     assert {5, 10, start, 80} <= steps
@@ -161,38 +148,20 @@ def test_a_worker_node_lost_mid_run_resumes_from_the_s3_checkpoint_in_the_same_m
 def test_placements_the_cluster_cannot_give_are_refused_before_any_mlflow_run(cluster, specs):
     # Both nodes have one CPU: a 2-CPU worker never fits, and two 1-CPU workers streaming through
     # Ray Data would leave its read tasks no CPU (the job would hang).
-    path = specs / "placement.yaml"
-    path.write_text(f"""
-kind: pipeline
-name: placement
-storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}
-mlflow: {{experiment: placement}}
-steps:
-  big:
-    kind: train
-    resources: {{num_workers: 1, cpus_per_worker: 2}}
-    tokenizer: {TOKENIZER}
-    model: {GENERATOR_MODEL}
-    schedule: {{scales: [1, 2, 3, 5, 7]}}
-    optim: {{steps: 2}}
-  stream:
-    kind: train
-    resources: {{num_workers: 2, cpus_per_worker: 1}}
-    tokenizer: {TOKENIZER}
-    model: {GENERATOR_MODEL}
-    schedule: {{scales: [1, 2, 3, 5, 7]}}
-    data: {{loader: ray_data}}
-    optim: {{steps: 2}}
-""")
-    out = cluster.sar("submit", str(path.relative_to(REPO)), "--address", cluster.address, timeout=300)
+    spec = submittable(specs, "placement", pipeline_spec("placement", {
+        "big": train_step("resources: {num_workers: 1, cpus_per_worker: 2}", tokenizer=TOKENIZER, optim="{steps: 2}"),
+        "stream": train_step("resources: {num_workers: 2, cpus_per_worker: 1}", "data: {loader: ray_data}",
+                             tokenizer=TOKENIZER, optim="{steps: 2}"),
+    }, head=on_s3(cluster, "placement")))
+    out = cluster.sar("submit", spec, "--address", cluster.address, timeout=300)
     assert out.returncode == 1 and "FAILED" in out.stdout
     assert "steps.big.resources.cpus_per_worker: 2 per worker, but the largest node has 1 CPU(s)" in out.stdout
     assert "steps.stream.data.loader: ray_data needs 1 CPU free beside the training workers" in out.stdout
-    assert runs(cluster, "placement") == []
+    assert experiment_runs(cluster.tracking_uri, "placement") == []
 
 
-def test_a_spec_reading_a_local_file_is_refused_before_submission(cluster, specs, tokenizer_path):  # noqa: F811
-    spec = train_spec(specs, cluster, "local-tokenizer", "optim: {steps: 2}\n")
+def test_a_spec_reading_a_local_file_is_refused_before_submission(cluster, specs, tokenizer_path):
+    spec = two_node_train(specs, cluster, "local-tokenizer", optim="{steps: 2}")
     (REPO / spec).write_text((REPO / spec).read_text().replace(TOKENIZER, str(tokenizer_path)))
     before = cluster.sar("jobs", "list", "--address", cluster.address).stdout
     out = cluster.sar("submit", spec, "--address", cluster.address)
@@ -202,43 +171,24 @@ def test_a_spec_reading_a_local_file_is_refused_before_submission(cluster, specs
 
 
 def test_jobs_stop_ends_the_runs_killed_and_a_resumed_sweep_skips_its_finished_trial(cluster, specs):
-    path = specs / "stopped-sweep.yaml"
-    path.write_text(f"""
-kind: sweep
-name: stopped-sweep
-storage: {{path: {STORAGE}, s3_endpoint: "{cluster.s3_endpoint}"}}
-mlflow: {{experiment: stopped-sweep}}
-resources: {{num_workers: 1, cpus_per_worker: 1}}
-train:
-  tokenizer: {TOKENIZER}
-  model: {GENERATOR_MODEL}
-  schedule: {{scales: [1, 2, 3, 5, 7]}}
-  data: {{limit: 256}}
-  optim: {{lr: 0.001, batch_size: 16, steps: 20}}
-  checkpoint: {{every_steps: 10}}
-  log: {{every_steps: 5}}
-  eval: {{at_end: false}}
-space:
-  optim.lr: {{grid: [0.001, 0.002]}}
-metric: loss/total
-max_concurrent_trials: 1
-""")
-    spec = str(path.relative_to(REPO))
+    trial = train_body("data: {limit: 256}", "checkpoint: {every_steps: 10}", "log: {every_steps: 5}", "eval: {at_end: false}",
+                       tokenizer=TOKENIZER, optim="{lr: 0.001, batch_size: 16, steps: 20}")
+    spec = submittable(specs, "stopped-sweep", sweep_spec(
+        "stopped-sweep", trial, ("optim.lr: {grid: [0.001, 0.002]}",), "metric: loss/total", "max_concurrent_trials: 1",
+        head=(*on_s3(cluster, "stopped-sweep"), "resources: {num_workers: 1, cpus_per_worker: 1}")))
     job_id = submitted_id(cluster.sar("submit", spec, "--address", cluster.address, "--no-wait"))
-    deadline = time.monotonic() + 400
-    while not (done := [k for k in cluster.keys("ws/runs/stopped-sweep.") if k.endswith("/outputs.json")]):
-        assert time.monotonic() < deadline, cluster.sar("jobs", "logs", job_id, "--address", cluster.address).stdout
-        time.sleep(0.5)
+    logs = job_logs(cluster, job_id)
+    done = wait_until(lambda: [k for k in cluster.keys("ws/runs/stopped-sweep.") if k.endswith("/outputs.json")], 400,
+                      "a finished trial", detail=logs)
     finished_trial = done[0].split("/")[2]  # stopped-sweep.<trial id>
     # Stop once the next trial has checkpointed: Tune has then recorded the first one as finished
     # (it saves its experiment state every 10 s).
-    while not [k for k in cluster.keys("ws/runs/stopped-sweep.") if "/checkpoint_" in k and finished_trial not in k]:
-        assert time.monotonic() < deadline, cluster.sar("jobs", "logs", job_id, "--address", cluster.address).stdout
-        time.sleep(0.5)
+    wait_until(lambda: [k for k in cluster.keys("ws/runs/stopped-sweep.") if "/checkpoint_" in k and finished_trial not in k],
+               400, "the next trial's checkpoint", detail=logs)
 
     stop = cluster.sar("jobs", "stop", job_id, "--address", cluster.address)
     assert stop.returncode == 0 and f"{job_id}: STOPPED" in stop.stdout, stop.stdout + stop.stderr
-    by_name = {r.info.run_name: r for r in runs(cluster, "stopped-sweep")}
+    by_name = {r.info.run_name: r for r in experiment_runs(cluster.tracking_uri, "stopped-sweep")}
     assert by_name["stopped-sweep"].info.status == "KILLED"
     assert by_name[finished_trial].info.status == "FINISHED"
     assert all(r.info.status != "RUNNING" for r in by_name.values())
@@ -246,7 +196,7 @@ max_concurrent_trials: 1
     resumed = cluster.sar("submit", spec, "--address", cluster.address, "--resume")
     assert resumed.returncode == 0, resumed.stdout[-5000:]
     assert f"{finished_trial}: training" not in resumed.stdout  # the finished trial did not run again
-    by_name = {r.info.run_name: r for r in runs(cluster, "stopped-sweep")}
+    by_name = {r.info.run_name: r for r in experiment_runs(cluster.tracking_uri, "stopped-sweep")}
     assert len(by_name) == 3 and all(r.info.status == "FINISHED" for r in by_name.values())
     history = MlflowClient(cluster.tracking_uri).get_metric_history(by_name[finished_trial].info.run_id, "loss/total")
     assert sorted(m.step for m in history) == [5, 10, 15, 20]  # logged once, never repeated

@@ -3,7 +3,6 @@ the last scale): the shards serve them, every objective trains on them, and the 
 averages across ranks whose schedules end at different sizes."""
 import math
 import re
-import socket
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from sar_core.data.shards import default_scales, select_scales
 from sar_core.objectives import (OBJECTIVE_KINDS, OBJECTIVE_PRESETS, ObjectiveConfig, ScaleWeighting, TokenBatch,
                                  build_objective)
 from sar_core.schedule import ScaleSchedule
+from tests.support.processes import free_port
 
 SHORT = ScaleSchedule((1, 2, 4, 5))  # the tiny tokenizer's latent is 7x7
 
@@ -42,7 +42,10 @@ def test_every_objective_trains_on_a_schedule_that_ends_below_the_latent(generat
     out = build_objective(config)(generator_model, batch, 1, torch.Generator().manual_seed(0))
     out.loss.backward()
     assert math.isfinite(out.metrics["loss/total"])
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in generator_model.parameters())
+    grads = {name: p.grad for name, p in generator_model.named_parameters()}
+    assert not [name for name, g in grads.items() if g is None], "parameters the loss does not reach"
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert not [name for name, g in grads.items() if not g.any()], "parameters whose gradient is zero"
     sizes = {int(m.group(1)) for key in out.metrics if (m := re.search(r"/s(\d\d)$", key))}
     assert sizes <= set(SHORT) and SHORT.last in sizes  # losses of the drawn scales only
 
@@ -54,12 +57,6 @@ def test_token_weighted_tf_on_a_short_schedule_is_the_mean_over_its_tokens(gener
     label = generator_model.drop_labels(batch.labels, torch.Generator().manual_seed(0))
     logits = generator_model.forward_tokens(label, batch.tokens, SHORT)
     torch.testing.assert_close(out.loss, F.cross_entropy(logits.flatten(0, 1), batch.tokens.flatten()), rtol=1e-5, atol=1e-6)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 RANK_SIZES = {0: (1, 2, 4, 5), 1: (1, 2, 4, 5, 7)}  # rank 0's draw dropped the 7x7 scale

@@ -3,33 +3,20 @@ request the command carries out (a flag that is parsed and dropped, like `sar ev
 was, fails here), and a flag its other flags make meaningless is refused with exit 2."""
 import argparse
 import subprocess
-import sys
 
 import pytest
 
 from sar_platform.cli import UsageError, build_parser
+from tests.support.processes import SAR
+from tests.support.specs import train_spec, write_spec
 
-SAR = [sys.executable, "-m", "sar_platform.cli"]
-
-TRAIN = """\
-kind: train
-name: {name}
-tokenizer: tok.safetensors
-model: {{depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}}
-schedule: {{scales: [1, 2, 3, 5, 7]}}
-optim: {{steps: 10, batch_size: 8}}
-"""
 CHECKPOINTS = ["--generator", "g.safetensors", "--tokenizer", "t.safetensors", "--out", "out"]
 
 
 @pytest.fixture
 def specs(tmp_path):
-    paths = []
-    for name, extra in (("one", ""), ("two", "mlflow: {port: 5077}\n")):
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(TRAIN.format(name=name) + extra)
-        paths.append(str(path))
-    return paths
+    return [str(write_spec(tmp_path, train_spec("one"), "one.yaml")),
+            str(write_spec(tmp_path, train_spec("two", "mlflow: {port: 5077}"), "two.yaml"))]
 
 
 CLUSTER = ["--address", "http://127.0.0.1:8265"]

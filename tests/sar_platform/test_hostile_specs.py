@@ -10,8 +10,9 @@ import pytest
 from sar_platform import cli
 from sar_platform.spec import load_job
 from sar_platform.spec.loader import MAX_NODES
-from tests.sar_platform.test_spec import TRAIN
+from tests.support.specs import train_spec
 
+TRAIN = train_spec()
 BILLION_LAUGHS = "\n".join(
     ["a: &a [" + ",".join(['"lol"'] * 9) + "]"]
     + [f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]" for p, n in zip("abcdefgh", "bcdefghi")]
@@ -100,24 +101,18 @@ def test_an_alias_expansion_under_the_limit_loads(tmp_path):
     assert load_job(path).description == "a tiny job"
 
 
-TRAIN_ON_DATA = """\
-kind: train
-name: sized
-tokenizer: {tokenizer}
-model: {{depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}}
-schedule: {{scales: [1, 2, 3, 5, 7]}}
-data: {{limit: 12}}
-resources: {{num_workers: 3}}
-optim: {{steps: 10, batch_size: 15}}
-"""
+def train_on_data(tokenizer) -> str:
+    """12 images in batches of 15 over 3 workers."""
+    return train_spec("sized", "data: {limit: 12}", "resources: {num_workers: 3}", tokenizer=tokenizer,
+                      optim="{steps: 10, batch_size: 15}")
 
 
 def test_sar_validate_checks_inputs_and_data_sizes_at_the_field_at_fault(tmp_path, capsys, tokenizer_path):
-    status, err = validate(tmp_path, TRAIN_ON_DATA.format(tokenizer=tmp_path / "missing.safetensors"), capsys)
+    status, err = validate(tmp_path, train_on_data(tmp_path / "missing.safetensors"), capsys)
     assert status == 2
     assert f"spec.yaml:3:1: tokenizer: checkpoint {tmp_path / 'missing.safetensors'} does not exist" in err
-    assert "spec.yaml:8:20: optim.batch_size: 15 is larger than the 12 training images of fashion_mnist (data.limit: 12)" in err
-    (tmp_path / "spec.yaml").write_text(TRAIN_ON_DATA.format(tokenizer=tokenizer_path).replace("batch_size: 15", "batch_size: 12"))
+    assert "spec.yaml:6:20: optim.batch_size: 15 is larger than the 12 training images of fashion_mnist (data.limit: 12)" in err
+    (tmp_path / "spec.yaml").write_text(train_on_data(tokenizer_path).replace("batch_size: 15", "batch_size: 12"))
     # a batch that does not split over the workers is refused when the spec is read (tests/sar_platform/test_spec.py)
     assert cli.main(["validate", str(tmp_path / "spec.yaml")]) == 0
 
@@ -137,7 +132,7 @@ def test_a_damaged_data_file_is_named_by_validate_and_run_before_anything_starts
     else:
         data[len(data) // 2] ^= 0x40
     (root / name).write_bytes(bytes(data))
-    spec = TRAIN_ON_DATA.format(tokenizer=tokenizer_path).replace("data: {limit: 12}", f"data: {{root: {root}}}")
+    spec = train_on_data(tokenizer_path).replace("data: {limit: 12}", f"data: {{root: {root}}}")
     spec = spec.replace("resources: {num_workers: 3}", f"storage: {{path: {tmp_path / 'ws'}}}").replace("batch_size: 15", "batch_size: 4")
     status, err = validate(tmp_path, spec, capsys)
     assert status == 2 and f"data: {root / name} is damaged" in err and "Traceback" not in err, err

@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from sar_platform.services.mlflow_server import ensure_server, state_file, stop_server
 from tests.support.holds import Holds
+from tests.support.processes import wait_until
 
 START = "import sys, json; from sar_platform.services.mlflow_server import ensure_server; " \
         "info = ensure_server(sys.argv[1], port=0); print(json.dumps({'pid': info.pid, 'port': info.port}))"
@@ -28,14 +28,6 @@ def servers_of(root: Path) -> list[int]:
         if b"server" in parts and any(database in p for p in parts) and any(p.endswith(b"mlflow") for p in parts):
             found.append(int(cmdline.parent.name))
     return found
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, what
-        time.sleep(0.1)
-    return value
 
 
 def test_two_jobs_starting_on_a_fresh_workspace_share_one_server(tmp_path):
@@ -63,7 +55,7 @@ def test_an_interrupted_start_leaves_no_orphan_server(tmp_path):
     os.kill(start.pid, signal.SIGINT)
     start.wait(timeout=60)
     assert start.returncode != 0
-    wait_for(lambda: not Path(f"/proc/{pid}").exists() or not servers_of(root), 30, "the half-started server was left")
+    wait_until(lambda: not Path(f"/proc/{pid}").exists() or not servers_of(root), 30, "the half-started server to end")
     assert servers_of(root) == [] and not state_file(root).exists()
 
     # SIGKILL while the server starts: nothing can stop it then, so the next start adopts it

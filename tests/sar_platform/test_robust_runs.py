@@ -9,10 +9,7 @@ fault is sent, so no run can finish before its fault arrives however fast the ma
 import json
 import os
 import signal
-import socket
-import struct
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -26,28 +23,27 @@ from sar_platform.driver.session import JobFailed
 from sar_platform.runner import run_job
 from sar_platform.services.mlflow_server import ensure_server, stop_server
 from sar_platform.spec import load_located_job
-from tests.sar_platform.conftest import GENERATOR_MODEL, REPO, eval_spec, experiment_runs, spec
+from tests.conftest import REPO
+from tests.support.processes import SAR, command, descendants, environment, free_port, is_loopback, sockets_of, wait_until
+from tests.support.servers import experiment_runs, mlflow_server
+from tests.conftest import TINY_GENERATOR
+from tests.support.specs import EVAL, flow_yaml, local_run, sweep_spec, train_body, train_spec, write_spec, written_fields
 
 pytestmark = pytest.mark.ray
-SAR = [sys.executable, "-m", "sar_platform.cli"]
 STEPS = 40
 CHECKPOINT_EVERY = 4
-EVAL = eval_spec()
+DROPPING_MODEL = flow_yaml({**written_fields(TINY_GENERATOR), "drop_path": 0.3})
 
 
-def train_spec(tmp_path: Path, name: str, mlflow_uri: str, tokenizer_path, *extra: str, steps: int = STEPS,
-               evaluate: bool = True) -> Path:
+def resumable_spec(tmp_path: Path, name: str, mlflow_uri: str, tokenizer_path, *extra: str, steps: int = STEPS,
+                   evaluate: bool = True) -> Path:
     """A tiny train job whose randomness matters: drop-path and class dropout draw from torch's
     global generator every step, so a resume that reseeded it instead of restoring it would drift."""
-    model = GENERATOR_MODEL[:-1] + ", drop_path: 0.3}"
-    return spec(tmp_path, "\n".join([
-        "kind: train", f"name: {name}", f"storage: {{path: {tmp_path}/ws}}",
-        f'mlflow: {{tracking_uri: "{mlflow_uri}", experiment: {name}}}',
-        f"tokenizer: {tokenizer_path}", f"model: {model}", "schedule: {scales: [1, 2, 3, 5, 7]}",
-        "data: {limit: 256}", f"optim: {{lr: 0.002, batch_size: 16, steps: {steps}}}",
-        f"checkpoint: {{every_steps: {CHECKPOINT_EVERY}, keep: 2}}", "log: {every_steps: 2}",
-        f"eval: {EVAL if evaluate else '{at_end: false}'}", *extra,
-    ]) + "\n", f"{name}.yaml")
+    text = train_spec(name, "data: {limit: 256}", f"checkpoint: {{every_steps: {CHECKPOINT_EVERY}, keep: 2}}",
+                      "log: {every_steps: 2}", f"eval: {EVAL if evaluate else '{at_end: false}'}", *extra,
+                      head=local_run(tmp_path, mlflow_uri, name), tokenizer=tokenizer_path,
+                      optim=f"{{lr: 0.002, batch_size: 16, steps: {steps}}}", model=DROPPING_MODEL)
+    return write_spec(tmp_path, text, f"{name}.yaml")
 
 
 def run_in_process(path: Path, resume: bool = False) -> dict:
@@ -97,88 +93,14 @@ def latest_checkpoint(run_dir: Path) -> str | None:
     return state["latest_checkpoint_result"]["checkpoint_dir_name"] if state and state["latest_checkpoint_result"] else None
 
 
-def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert proc is None or proc.poll() is None, f"the run ended early ({what}): {proc.output()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-    return value
-
-
 @pytest.fixture(scope="module")
 def twin(tmp_path_factory, ray_local, mlflow_uri, tokenizer_path):
     """The uninterrupted run every interrupted one must match."""
     tmp_path = tmp_path_factory.mktemp("twin")
-    return final_state(run_in_process(train_spec(tmp_path, "twin", mlflow_uri, tokenizer_path)))
+    return final_state(run_in_process(resumable_spec(tmp_path, "twin", mlflow_uri, tokenizer_path)))
 
 
 # -- processes, sockets, environments ---------------------------------------------------------
-
-def descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            children.setdefault(int(stat.read_text().rsplit(")", 1)[1].split()[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError):
-            pass
-    found, queue = set(), [pid]
-    while queue:
-        for child in children.get(queue.pop(), []):
-            if child not in found:
-                found.add(child)
-                queue.append(child)
-    return found
-
-
-def listening_sockets() -> dict[int, str]:
-    """Socket inode -> 'address:port' of every listening TCP socket (IPv4 and IPv6)."""
-    found = {}
-    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A":  # LISTEN
-                continue
-            hex_address, hex_port = fields[1].split(":")
-            raw = bytes.fromhex(hex_address)
-            # /proc prints each 32-bit word in host order
-            raw = b"".join(struct.pack("<I", struct.unpack(">I", raw[i:i + 4])[0]) for i in range(0, len(raw), 4))
-            found[int(fields[9])] = f"{socket.inet_ntop(family, raw)}:{int(hex_port, 16)}"
-    return found
-
-
-def is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0]
-    return host.startswith("127.") or host == "::1" or host.startswith("::ffff:127.")
-
-
-def sockets_of(pids: set[int]) -> dict[int, list[str]]:
-    listening, found = listening_sockets(), {}
-    for pid in pids:
-        try:
-            links = [os.readlink(fd) for fd in Path(f"/proc/{pid}/fd").iterdir()]
-        except OSError:
-            continue
-        inodes = [int(link[8:-1]) for link in links if link.startswith("socket:[")]
-        if addresses := [listening[i] for i in inodes if i in listening]:
-            found[pid] = addresses
-    return found
-
-
-def command(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def environment(pid: int) -> dict[str, str]:
-    try:
-        items = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return {}
-    return dict(i.decode(errors="replace").split("=", 1) for i in items if b"=" in i)
-
 
 def ray_processes(title: str) -> list[int]:
     """This test process's Ray processes (its own cluster's) whose title starts with `title`."""
@@ -208,6 +130,10 @@ class Job:
     def poll(self):
         return self.proc.poll()
 
+    def wait_until(self, predicate, timeout: float, what: str):
+        """`predicate()`, once true while the run goes on (fails with the run's output if it ends first)."""
+        return wait_until(predicate, timeout, what, alive=lambda: self.poll() is None, detail=lambda: self.output()[-3000:])
+
     def stop(self, sig: int) -> tuple[int, str]:
         """Send `sig` to the driver alone; (exit status, output)."""
         os.kill(self.pid, sig)
@@ -231,7 +157,7 @@ def damage(run_dir: Path, how: str) -> str:
 
 def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_like_the_uninterrupted_run(
         tmp_path, mlflow_uri, tokenizer_path, twin, holds):
-    path = train_spec(tmp_path, "resumable", mlflow_uri, tokenizer_path)
+    path = resumable_spec(tmp_path, "resumable", mlflow_uri, tokenizer_path)
     run_dir = tmp_path / "ws" / "runs" / "resumable"
     at_8, at_16 = "resumable.checkpoint-8", "resumable.checkpoint-16"
     holds.arm(at_8, at_16)
@@ -241,10 +167,10 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
     #    socket of the job is on loopback.
     first = Job(path)
     lock = tmp_path / "ws" / "locks" / "resumable.lock"
-    wait_until(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), 300, "the run's lock", first)
+    first.wait_until(lambda: lock.exists() and f'"pid": {first.pid}' in lock.read_text(), 300, "the run's lock")
     second = subprocess.run([*SAR, "run", str(path), "--resume"], cwd=tmp_path, capture_output=True, text=True)
     assert second.returncode == 2 and f"run resumable is in use by a live `sar run`: PID {first.pid}" in second.stderr
-    wait_until(lambda: latest_step(run_dir) >= 4, 300, "the first checkpoint", first)
+    first.wait_until(lambda: latest_step(run_dir) >= 4, 300, "the first checkpoint")
     third = subprocess.run([*SAR, "run", str(path)], cwd=tmp_path, capture_output=True, text=True)  # not --resume
     assert third.returncode == 2 and f"run resumable is in use by a live `sar run`: PID {first.pid}" in third.stderr
     job_processes = descendants(first.pid) | {first.pid}
@@ -259,7 +185,7 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
     workers = {p: env for p, env in workers.items() if env}  # still there
     assert workers and not [command(p) for p, env in workers.items() if env.get("MLFLOW_DISABLE_TELEMETRY") != "true"]
     holds.wait(at_8, 300, alive=lambda: first.poll() is None)
-    wait_until(lambda: latest_step(run_dir) == 8, 300, "checkpoint 8 registered", first)
+    first.wait_until(lambda: latest_step(run_dir) == 8, 300, "checkpoint 8 registered")
     status, out = first.stop(signal.SIGINT)
     holds.release(at_8)
     assert status == 130, out[-3000:]
@@ -270,7 +196,7 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
     #    then gets one flipped bit
     again = Job(path, "--resume")
     holds.wait(at_16, 300, alive=lambda: again.poll() is None)
-    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == 16, 300, "checkpoint 16", again)
+    again.wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == 16, 300, "checkpoint 16")
     status, out = again.stop(signal.SIGTERM)
     holds.release(at_16)
     assert status == 143, out[-3000:]
@@ -282,8 +208,8 @@ def test_ctrl_c_sigterm_and_sigkill_of_the_driver_and_damaged_checkpoints_end_li
     #    the driver alone: nothing can mark the run, and Ray's processes must still go with it
     again = Job(path, "--resume")
     holds.wait(at_16, 300, alive=lambda: again.poll() is None)
-    wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == int(flipped[-8:]), 300,
-               f"{flipped} trained again", again)
+    again.wait_until(lambda: "resuming from step" in again.output() and latest_step(run_dir) == int(flipped[-8:]), 300,
+                     f"{flipped} trained again")
     job_processes = descendants(again.pid)
     _, out = again.stop(signal.SIGKILL)
     holds.release(at_16)
@@ -323,7 +249,7 @@ def kill_workers_at(point: str, holds, killed: list, ready=lambda: True) -> thre
 
 def test_a_killed_worker_resumes_exactly_and_a_failed_final_evaluation_reruns_alone(
         tmp_path, ray_local, mlflow_uri, tokenizer_path, twin, holds):
-    path = train_spec(tmp_path, "worker-kills", mlflow_uri, tokenizer_path, "max_failures: 1")
+    path = resumable_spec(tmp_path, "worker-kills", mlflow_uri, tokenizer_path, "max_failures: 1")
     run_dir = tmp_path / "ws" / "runs" / "worker-kills"
     killed: list[int] = []
     # mid-training: Ray Train restarts the worker group from the latest checkpoint (max_failures: 1)
@@ -353,18 +279,9 @@ def test_a_killed_worker_resumes_exactly_and_a_failed_final_evaluation_reruns_al
 
 # -- tracking never kills training ------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_run_survives_its_mlflow_server_stopping_and_restarting_with_every_metric_arriving(
         tmp_path, ray_local, tokenizer_path, holds):
     root, port = tmp_path / "mlflow", free_port()
-    uri = ensure_server(root, port).uri
-    path = train_spec(tmp_path, "server-away", uri, tokenizer_path, steps=12, evaluate=False)
-    run_dir = tmp_path / "ws" / "runs" / "server-away"
     outage = []
 
     def stop_and_restart():  # the server is away while steps 5-8 train and checkpoint 8 is saved
@@ -377,10 +294,11 @@ def test_a_run_survives_its_mlflow_server_stopping_and_restarting_with_every_met
         outage.append(time.monotonic())
         holds.release("server-away.checkpoint-8")
 
-    holds.arm("server-away.checkpoint-4", "server-away.checkpoint-8")
-    thread = threading.Thread(target=stop_and_restart, daemon=True)
-    thread.start()
-    try:
+    with mlflow_server(root, port) as uri:
+        path = resumable_spec(tmp_path, "server-away", uri, tokenizer_path, steps=12, evaluate=False)
+        holds.arm("server-away.checkpoint-4", "server-away.checkpoint-8")
+        thread = threading.Thread(target=stop_and_restart, daemon=True)
+        thread.start()
         outputs = run_in_process(path)
         thread.join(timeout=60)
         assert len(outage) == 2  # the server really was away while checkpoint 8 was trained and saved
@@ -388,28 +306,23 @@ def test_a_run_survives_its_mlflow_server_stopping_and_restarting_with_every_met
         assert run.info.status == "FINISHED" and outputs["metrics"]["step"] == 12
         assert logged_steps(uri, run) == [2, 4, 6, 8, 10, 12]
         assert logged_steps(uri, run, "grad_norm") == [2, 4, 6, 8, 10, 12]
-    finally:
-        stop_server(root)
 
 
 # -- sweeps: trials retried after an infrastructure failure, failed trials named ----------------
 
-def sweep_spec(tmp_path: Path, name: str, mlflow_uri: str, body: str, space: str, *extra: str) -> Path:
-    return spec(tmp_path, "\n".join([
-        "kind: sweep", f"name: {name}", f"storage: {{path: {tmp_path}/ws}}",
-        f'mlflow: {{tracking_uri: "{mlflow_uri}", experiment: {name}}}', *extra,
-        "train:", *(f"  {line}" for line in body.splitlines()), "space:", f"  {space}", "metric: loss/total",
-    ]) + "\n", f"{name}.yaml")
+def trial_sweep(tmp_path: Path, name: str, mlflow_uri: str, tokenizer_path, space: str, *head: str, **start) -> Path:
+    """A sweep over `space` of 2-step trials on 64 images, checkpointed and logged every step."""
+    body = train_body("data: {limit: 64}", "checkpoint: {every_steps: 1}", "log: {every_steps: 1}", "eval: {at_end: false}",
+                      tokenizer=tokenizer_path, optim="{batch_size: 8, steps: 2}", **start)
+    text = sweep_spec(name, body, (space,), "metric: loss/total", head=(*local_run(tmp_path, mlflow_uri, name), *head))
+    return write_spec(tmp_path, text, f"{name}.yaml")
 
 
 def test_a_12_trial_sweep_4_at_a_time_survives_a_killed_trial_with_one_run_per_trial(
         tmp_path, ray_local, mlflow_uri, tokenizer_path):
-    body = "\n".join([f"tokenizer: {tokenizer_path}", f"model: {GENERATOR_MODEL}", "schedule: {scales: [1, 2, 3, 5, 7]}",
-                      "data: {limit: 64}", "optim: {batch_size: 8, steps: 2}", "checkpoint: {every_steps: 1}",
-                      "log: {every_steps: 1}", "eval: {at_end: false}"])
-    path = sweep_spec(tmp_path, "wide", mlflow_uri, body, "optim.lr: {grid: [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4, 5.0e-4, "
-                      "6.0e-4, 7.0e-4, 8.0e-4, 9.0e-4, 1.0e-3, 1.1e-3, 1.2e-3]}",
-                      "max_concurrent_trials: 4", "resources: {num_workers: 1, cpus_per_worker: 0.5}")
+    path = trial_sweep(tmp_path, "wide", mlflow_uri, tokenizer_path, "optim.lr: {grid: [1.0e-4, 2.0e-4, 3.0e-4, 4.0e-4, "
+                       "5.0e-4, 6.0e-4, 7.0e-4, 8.0e-4, 9.0e-4, 1.0e-3, 1.1e-3, 1.2e-3]}",
+                       "max_concurrent_trials: 4", "resources: {num_workers: 1, cpus_per_worker: 0.5}")
     killed = []
 
     def kill_one_trial():  # an infrastructure failure: a trial's process dies
@@ -433,7 +346,6 @@ def test_a_12_trial_sweep_4_at_a_time_survives_a_killed_trial_with_one_run_per_t
 def test_a_non_finite_loss_fails_its_run_naming_the_step_and_a_sweep_with_a_failed_trial_fails_naming_it(
         tmp_path, ray_local, mlflow_uri, tokenizer_path):
     from sar_core import ScaleGenerator, load_model, save_model
-    from tests.conftest import TINY_GENERATOR
 
     tok = load_model(tokenizer_path, kind="tokenizer")
     good = ScaleGenerator(TINY_GENERATOR).set_codebook(tok.codebook.weight.detach())
@@ -441,12 +353,10 @@ def test_a_non_finite_loss_fails_its_run_naming_the_step_and_a_sweep_with_a_fail
     with torch.no_grad():
         good.head.weight[0, 0] = float("nan")  # what an undetected bit flip in the weights does
     save_model(good, tmp_path / "nan.safetensors")
-    body = "\n".join([f"tokenizer: {tokenizer_path}", f"init_from: {tmp_path / 'good.safetensors'}",
-                      "schedule: {scales: [1, 2, 3, 5, 7]}", "data: {limit: 64}", "optim: {batch_size: 8, steps: 2}",
-                      "checkpoint: {every_steps: 1}", "log: {every_steps: 1}", "eval: {at_end: false}"])
-    path = sweep_spec(tmp_path, "with-nan", mlflow_uri, body,
-                      f"init_from: {{grid: [{tmp_path / 'good.safetensors'}, {tmp_path / 'nan.safetensors'}]}}",
-                      "trial_retries: 0", "resources: {num_workers: 1, cpus_per_worker: 1}")
+    path = trial_sweep(tmp_path, "with-nan", mlflow_uri, tokenizer_path,
+                       f"init_from: {{grid: [{tmp_path / 'good.safetensors'}, {tmp_path / 'nan.safetensors'}]}}",
+                       "trial_retries: 0", "resources: {num_workers: 1, cpus_per_worker: 1}",
+                       init_from=tmp_path / "good.safetensors")
     with pytest.raises(JobFailed) as failed:
         run_in_process(path)
     message = str(failed.value)
@@ -460,7 +370,7 @@ def test_a_non_finite_loss_fails_its_run_naming_the_step_and_a_sweep_with_a_fail
 # -- two jobs on one machine ------------------------------------------------------------------
 
 def test_two_jobs_at_once_on_one_machine_both_finish_without_a_traceback(tmp_path, mlflow_uri, tokenizer_path):
-    jobs = [Job(train_spec(tmp_path, name, mlflow_uri, tokenizer_path, steps=8, evaluate=False)) for name in ("left", "right")]
+    jobs = [Job(resumable_spec(tmp_path, name, mlflow_uri, tokenizer_path, steps=8, evaluate=False)) for name in ("left", "right")]
     for job in jobs:
         status = job.proc.wait(timeout=600)
         job.reader.join(timeout=120)

@@ -1,51 +1,34 @@
 """Running jobs for real: sweeps with ASHA under one MLflow parent, and bad input refused before Ray
 or MLflow do anything."""
 import subprocess
-import sys
-import textwrap
 import time
 
 import pytest
 
 from sar_platform.runner import run_job
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import EVAL, GENERATOR_MODEL, experiment_runs, spec
+from tests.support.processes import SAR
+from tests.support.servers import experiment_runs
+from tests.support.specs import EVAL, lines, local_run, sweep_spec, train_body, write_spec
 
 pytestmark = pytest.mark.ray
-SAR = [sys.executable, "-m", "sar_platform.cli"]
 
 
-def train_body(tokenizer_path, steps: int, *extra: str) -> str:
-    """The fields of a tiny train job, as unindented YAML lines."""
-    return "\n".join([
-        f"tokenizer: {tokenizer_path}",
-        f"model: {GENERATOR_MODEL}",
-        "schedule: {scales: [1, 2, 3, 5, 7]}",
-        "data: {limit: 256}",
-        f"optim: {{lr: 0.001, batch_size: 16, steps: {steps}}}",
-        *extra,
-    ]) + "\n"
+def tiny_train(tokenizer_path, steps: int, *extra: str) -> str:
+    """The fields of a tiny train job on 256 images (unindented YAML lines)."""
+    return train_body("data: {limit: 256}", *extra, tokenizer=tokenizer_path, optim=f"{{lr: 0.001, batch_size: 16, steps: {steps}}}")
 
 
 def test_a_sweep_gives_one_child_run_per_trial_and_asha_stops_the_bad_one(tmp_path, ray_local, mlflow_uri, tokenizer_path):
     # gamma=5 inflates loss/total at the first rung, so ASHA stops that trial; the third trial (a
     # repeat of the first) can only start if the stopped trial released its worker. Each worker takes
     # both CPUs of the cluster, as on a 2-core laptop: a trial function holding any CPU would hang it.
-    body = train_body(tokenizer_path, 6, "objective: {kind: sar}", "checkpoint: {every_steps: 6}",
+    body = tiny_train(tokenizer_path, 6, "objective: {kind: sar}", "checkpoint: {every_steps: 6}",
                       "log: {every_steps: 2, diagnostics_every: 6}", f"eval: {EVAL}")
-    path = spec(tmp_path, f"""
-kind: sweep
-name: asha
-storage: {{path: {tmp_path}/ws}}
-mlflow: {{tracking_uri: "{mlflow_uri}", experiment: sweep-test}}
-resources: {{num_workers: 1, cpus_per_worker: 2}}
-train:
-{textwrap.indent(body, "  ")}space:
-  objective.gamma: {{grid: [0.0, 5.0, 0.0]}}
-metric: fid
-scheduler: {{metric: loss/total, mode: min, grace_period: 1, reduction_factor: 2}}
-max_concurrent_trials: 1
-""")
+    path = write_spec(tmp_path, sweep_spec(
+        "asha", body, ("objective.gamma: {grid: [0.0, 5.0, 0.0]}",), "metric: fid",
+        "scheduler: {metric: loss/total, mode: min, grace_period: 1, reduction_factor: 2}", "max_concurrent_trials: 1",
+        head=(*local_run(tmp_path, mlflow_uri, "sweep-test"), "resources: {num_workers: 1, cpus_per_worker: 2}")))
     outputs = run_job(load_job(path), spec_text=path.read_text())
     trials = outputs["trials"]
     assert [t["objective.gamma"] for t in trials] == [0.0, 5.0, 0.0]
@@ -73,22 +56,17 @@ max_concurrent_trials: 1
 
 
 def test_bad_specs_and_inputs_fail_fast_naming_the_field_and_create_no_run(tmp_path, mlflow_uri, tokenizer_path):
-    base = f"""
-kind: train
-name: bad
-storage: {{path: {tmp_path}/ws}}
-mlflow: {{tracking_uri: "{mlflow_uri}", experiment: bad-test}}
-"""
+    base = lines("kind: train", "name: bad", *local_run(tmp_path, mlflow_uri, "bad-test"))
     cases = {
-        "typo.yaml": (base + train_body(tokenizer_path, 4, "objective: {kind: sar, samplng: cfg}"),
+        "typo.yaml": (base + tiny_train(tokenizer_path, 4, "objective: {kind: sar, samplng: cfg}"),
                       "objective.samplng: unknown field"),
-        "missing.yaml": (base + train_body(tmp_path / "nope.safetensors", 4), "tokenizer: checkpoint"),
-        "schedule.yaml": (base + train_body(tokenizer_path, 4).replace("[1, 2, 3, 5, 7]", "[1, 2, 4]"),
+        "missing.yaml": (base + tiny_train(tmp_path / "nope.safetensors", 4), "tokenizer: checkpoint"),
+        "schedule.yaml": (base + tiny_train(tokenizer_path, 4).replace("[1, 2, 3, 5, 7]", "[1, 2, 4]"),
                           "schedule.scales: ends at 4 but the tokenizer's latent is 7x7"),
     }
     for name, (text, expected) in cases.items():
         started = time.monotonic()
-        out = subprocess.run([*SAR, "run", str(spec(tmp_path, text, name))], cwd=tmp_path, capture_output=True, text=True)
+        out = subprocess.run([*SAR, "run", str(write_spec(tmp_path, text, name))], cwd=tmp_path, capture_output=True, text=True)
         assert out.returncode == 2, (name, out.stderr)
         assert expected in out.stderr, (name, out.stderr)
         assert time.monotonic() - started < 60  # before Ray or any training starts
@@ -97,6 +75,6 @@ mlflow: {{tracking_uri: "{mlflow_uri}", experiment: bad-test}}
     # earlier work is never overwritten: an existing run folder needs --resume (killed runs resume
     # exactly: tests/sar_platform/test_robust_runs.py)
     (tmp_path / "ws" / "runs" / "bad").mkdir(parents=True)
-    again = subprocess.run([*SAR, "run", str(spec(tmp_path, base + train_body(tokenizer_path, 4), "again.yaml"))],
+    again = subprocess.run([*SAR, "run", str(write_spec(tmp_path, base + tiny_train(tokenizer_path, 4), "again.yaml"))],
                            cwd=tmp_path, capture_output=True, text=True)
     assert again.returncode == 2 and "sar run --resume" in again.stderr

@@ -6,9 +6,9 @@ import math
 import pytest
 
 from sar_platform.services.selection import BestStep
-from sar_platform.spec import SpecError, load_job
+from sar_platform.spec import load_job
 from sar_platform.spec.selection import SelectSpec
-from tests.sar_platform.conftest import GENERATOR_MODEL, spec
+from tests.support.specs import pipeline_spec, spec_problems, train_spec, train_step, write_spec
 
 FIDS = [(500, 14.0), (1000, 12.1), (1500, 11.2), (2000, 11.25), (2500, 10.69), (3000, 11.67)]
 """A pretraining FID curve: the last checkpoint is not the best."""
@@ -95,25 +95,11 @@ def test_the_state_is_the_evaluations_and_replaying_them_restores_every_decision
 
 # -- specs ---------------------------------------------------------------------------------------
 
-TRAIN = f"""\
-kind: train
-name: tiny
-tokenizer: tok.safetensors
-model: {GENERATOR_MODEL}
-schedule: {{scales: [1, 2, 3, 5, 7]}}
-optim: {{steps: 3000, batch_size: 8}}
-checkpoint: {{every_steps: 500}}
-"""
-
-
-def problems(tmp_path, text) -> list[str]:
-    with pytest.raises(SpecError) as e:
-        load_job(spec(tmp_path, text))
-    return e.value.problems
+TRAIN = train_spec("tiny", "checkpoint: {every_steps: 500}", optim="{steps: 3000, batch_size: 8}")
 
 
 def test_a_selection_spec_names_its_rule_and_its_own_sample_set(tmp_path):
-    job = load_job(spec(tmp_path, TRAIN + "eval: {every_steps: 1000, select: {patience: 3, min_delta: 0.1}}\n"))
+    job = load_job(write_spec(tmp_path, TRAIN + "eval: {every_steps: 1000, select: {patience: 3, min_delta: 0.1}}\n"))
     assert job.eval.select.report_key == "select/fid" and job.eval.select.better == "min"
     assert job.eval.selection_metrics.seed == 1 != job.eval.metrics.seed
     assert job.eval.select.describe() == ("lowest select/fid (selection samples, seed 1), improving by at least 0.1; "
@@ -132,39 +118,25 @@ def test_a_selection_spec_names_its_rule_and_its_own_sample_set(tmp_path):
     ("eval: {every_steps: 500, select: {patience: 0}}", "eval.select.patience: Input should be greater than or equal to 1"),
 ])
 def test_a_spec_that_cannot_follow_the_protocol_is_refused_at_the_field(tmp_path, written, expected):
-    found = problems(tmp_path, TRAIN + written + "\n")
+    found = spec_problems(tmp_path, TRAIN + written + "\n")
     assert any(expected in p for p in found), found
 
 
-PIPELINE = f"""\
-kind: pipeline
-name: p
-steps:
-  pretrain:
-    kind: train
-    tokenizer: tok.safetensors
-    model: {GENERATOR_MODEL}
-    schedule: {{scales: [1, 2, 3, 5, 7]}}
-    optim: {{steps: 20}}
-    checkpoint: {{every_steps: 10}}
-    eval: {{every_steps: 10, select: {{patience: 2}}}}
-  tf:
-    kind: train
-    tokenizer: tok.safetensors
-    init_from: step:pretrain@best
-    schedule: {{scales: [1, 2, 3, 5, 7]}}
-    optim: {{steps: 5}}
-"""
+PIPELINE = pipeline_spec("p", {
+    "pretrain": train_step("checkpoint: {every_steps: 10}", "eval: {every_steps: 10, select: {patience: 2}}",
+                           optim="{steps: 20}"),
+    "tf": train_step(init_from="step:pretrain@best", optim="{steps: 5}"),
+})
 
 
 def test_a_reference_names_best_or_last_and_best_needs_a_selection_rule(tmp_path):
-    job = load_job(spec(tmp_path, PIPELINE))
+    job = load_job(write_spec(tmp_path, PIPELINE))
     assert job.steps["tf"].init_from == "step:pretrain@best"
-    assert load_job(spec(tmp_path, PIPELINE.replace("@best", "@last"))).steps["tf"].init_from == "step:pretrain@last"
-    (problem,) = problems(tmp_path, PIPELINE.replace("    eval: {every_steps: 10, select: {patience: 2}}\n", ""))
+    assert load_job(write_spec(tmp_path, PIPELINE.replace("@best", "@last"))).steps["tf"].init_from == "step:pretrain@last"
+    (problem,) = spec_problems(tmp_path, PIPELINE.replace("    eval: {every_steps: 10, select: {patience: 2}}\n", ""))
     assert ("steps.tf.init_from: step:pretrain@best: step pretrain has no selection rule, so no best checkpoint; "
             "give it eval.select (a train step) or use step:pretrain@last") in problem
-    (problem,) = problems(tmp_path, PIPELINE.replace("@best", "@first"))
+    (problem,) = spec_problems(tmp_path, PIPELINE.replace("@best", "@first"))
     assert (":15:5: steps.tf.init_from: 'step:pretrain@first' is not a step reference: write step:<name>, "
             "step:<name>@best or step:<name>@last") in problem
 
@@ -178,7 +150,7 @@ OUTPUTS = {"pretrain": {
 
 
 def test_best_resolves_to_the_recorded_best_checkpoint_and_last_or_bare_to_the_last(tmp_path):
-    job = load_job(spec(tmp_path, PIPELINE))
+    job = load_job(write_spec(tmp_path, PIPELINE))
     tf = job.steps["tf"]
     assert tf.resolve(OUTPUTS).init_from == "/ws/runs/p.pretrain/checkpoint_00000010/generator.safetensors"
     for ref in ("step:pretrain@last", "step:pretrain"):
@@ -186,7 +158,7 @@ def test_best_resolves_to_the_recorded_best_checkpoint_and_last_or_bare_to_the_l
 
 
 def test_the_consuming_run_is_tagged_with_the_checkpoint_it_took_and_why(tmp_path):
-    tf = load_job(spec(tmp_path, PIPELINE)).steps["tf"]
+    tf = load_job(write_spec(tmp_path, PIPELINE)).steps["tf"]
     tags = tf.reference_tags(OUTPUTS)
     assert tags["sar.ref.init_from"] == "step:pretrain@best"
     assert tags["sar.ref.init_from.chosen"] == ("the best checkpoint of step pretrain by its rule: lowest select/fid "
@@ -196,7 +168,7 @@ def test_the_consuming_run_is_tagged_with_the_checkpoint_it_took_and_why(tmp_pat
 
 
 def test_best_without_a_recorded_best_checkpoint_is_an_error_never_the_last_one(tmp_path):
-    tf = load_job(spec(tmp_path, PIPELINE)).steps["tf"]
+    tf = load_job(write_spec(tmp_path, PIPELINE)).steps["tf"]
     no_rule = {"pretrain": {k: v for k, v in OUTPUTS["pretrain"].items() if k != "selection"}}
     with pytest.raises(ValueError, match="step pretrain recorded no best checkpoint .* use step:pretrain@last"):
         tf.resolve(no_rule)

@@ -11,7 +11,8 @@ import pytest
 from sar_core.checkpoint import read_header
 from sar_platform.runner import run_job
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import GENERATOR_MODEL, eval_spec, experiment_runs, spec
+from tests.support.servers import experiment_runs
+from tests.support.specs import eval_spec, local_run, pipeline_spec, train_step, write_spec
 
 pytestmark = pytest.mark.ray
 
@@ -20,34 +21,14 @@ pytestmark = pytest.mark.ray
 def pipeline(tmp_path_factory, ray_local, mlflow_uri, tokenizer_path):
     tmp = tmp_path_factory.mktemp("selection")
     scoring = eval_spec(100)[1:-1]  # sampling and metrics, flow style, without the braces
-    path = spec(tmp, f"""
-        kind: pipeline
-        name: converged
-        storage: {{path: {tmp}/ws}}
-        mlflow: {{tracking_uri: "{mlflow_uri}", experiment: selection-test}}
-        resources: {{num_workers: 1, cpus_per_worker: 2}}
-        steps:
-          pretrain:
-            kind: train
-            tokenizer: {tokenizer_path}
-            model: {GENERATOR_MODEL}
-            schedule: {{scales: [1, 2, 3, 5, 7]}}
-            data: {{limit: 256}}
-            optim: {{lr: 1.0e-9, batch_size: 16, steps: 10}}
-            checkpoint: {{every_steps: 2, keep: 1}}
-            log: {{every_steps: 2}}
-            eval: {{every_steps: 2, select: {{patience: 2, min_delta: 0.5}}, figures: false, {scoring}}}
-          tf:
-            kind: train
-            tokenizer: {tokenizer_path}
-            init_from: step:pretrain@best
-            schedule: {{scales: [1, 2, 3, 5, 7]}}
-            data: {{limit: 256}}
-            optim: {{lr: 0.001, batch_size: 16, steps: 1}}
-            checkpoint: {{every_steps: 1}}
-            log: {{every_steps: 1}}
-            eval: {{at_end: false}}
-    """)
+    on_256 = ("data: {limit: 256}",)
+    path = write_spec(tmp, pipeline_spec("converged", {
+        "pretrain": train_step(*on_256, "checkpoint: {every_steps: 2, keep: 1}", "log: {every_steps: 2}",
+                               f"eval: {{every_steps: 2, select: {{patience: 2, min_delta: 0.5}}, figures: false, {scoring}}}",
+                               tokenizer=tokenizer_path, optim="{lr: 1.0e-9, batch_size: 16, steps: 10}"),
+        "tf": train_step(*on_256, "checkpoint: {every_steps: 1}", "log: {every_steps: 1}", "eval: {at_end: false}",
+                         tokenizer=tokenizer_path, init_from="step:pretrain@best", optim="{lr: 0.001, batch_size: 16, steps: 1}"),
+    }, head=(*local_run(tmp, mlflow_uri, "selection-test"), "resources: {num_workers: 1, cpus_per_worker: 2}")))
     outputs = run_job(load_job(path), spec_text=path.read_text())
     runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "selection-test")} | {"uri": mlflow_uri}
     return outputs["steps"], runs, Path(f"{tmp}/ws/runs/converged.pretrain")

@@ -1,40 +1,19 @@
 """Job specs: one validated tree, errors that point at file:line:column, nothing started on error."""
 import json
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from sar_core.objectives import ObjectiveConfig
 from sar_core.token_sampling import SamplingConfig
-from sar_platform.spec import SpecError, SweepJob, TrainJob, load_job
+from sar_platform.spec import SweepJob, TrainJob, load_job
 from sar_platform.spec.overrides import trial_job
 from tests.conftest import REPO
+from tests.support.processes import SAR
+from tests.support.specs import pipeline_spec, spec_problems, sweep_spec, train_body, train_spec, train_step, write_spec
 
-SAR = [sys.executable, "-m", "sar_platform.cli"]
-
-TRAIN = """\
-kind: train
-name: tiny
-tokenizer: tok.safetensors
-model: {depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}
-schedule: {scales: [1, 2, 3, 5, 7]}
-optim: {steps: 10, batch_size: 8}
-"""
-
-
-def write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return path
-
-
-def errors(tmp_path, text) -> list[str]:
-    with pytest.raises(SpecError) as e:
-        load_job(write(tmp_path, text))
-    return e.value.problems
+TRAIN = train_spec()
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
@@ -44,7 +23,7 @@ def test_every_shipped_job_validates(path):
 
 
 def test_a_valid_spec_becomes_one_typed_tree(tmp_path):
-    job = load_job(write(tmp_path, TRAIN))
+    job = load_job(write_spec(tmp_path, TRAIN))
     assert isinstance(job, TrainJob) and job.objective == ObjectiveConfig()
     assert Path(job.tokenizer).is_absolute()  # resolved once, so workers with another cwd agree
     with pytest.raises(Exception):
@@ -52,82 +31,70 @@ def test_a_valid_spec_becomes_one_typed_tree(tmp_path):
 
 
 def test_yaml_syntax_errors_name_the_line_and_column(tmp_path):
-    (problem,) = errors(tmp_path, "kind: train\nname: [unclosed\n")
+    (problem,) = spec_problems(tmp_path, "kind: train\nname: [unclosed\n")
     assert problem.startswith(f"{tmp_path / 'spec.yaml'}:3:1: YAML syntax error")
 
 
 def test_unknown_fields_are_reported_with_the_allowed_ones(tmp_path):
-    (problem,) = errors(tmp_path, TRAIN.replace("depth: 2", "dpeth: 2"))
+    (problem,) = spec_problems(tmp_path, TRAIN.replace("depth: 2", "dpeth: 2"))
     assert ":4:" in problem and "model.dpeth: unknown field 'dpeth'; allowed here: depth, width" in problem
 
 
 def test_value_errors_name_the_field_and_what_is_allowed(tmp_path):
-    problems = errors(tmp_path, TRAIN + "objective: {kind: sar, csfl_target: kl}\n")
+    problems = spec_problems(tmp_path, TRAIN + "objective: {kind: sar, csfl_target: kl}\n")
     assert len(problems) == 1
     assert ":7:" in problems[0] and "objective.csfl_target: Input should be 'teacher_soft', 'teacher_hard' or 'ground_truth'" in problems[0]
-    (problem,) = errors(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]", "[1, 3, 2]"))
+    (problem,) = spec_problems(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]", "[1, 3, 2]"))
     assert "schedule.scales: scales must be strictly increasing" in problem
-    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sar, gamma: -1}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "objective: {kind: sar, gamma: -1}\n")
     assert "objective: gamma must be a finite number >= 0" in problem
 
 
 def test_a_model_or_a_checkpoint_is_required_but_not_both(tmp_path):
-    (problem,) = errors(tmp_path, TRAIN.replace("model: {", "init_from: g.safetensors\nmodel: {"))
+    (problem,) = spec_problems(tmp_path, TRAIN.replace("model: {", "init_from: g.safetensors\nmodel: {"))
     assert "init_from carries the model config" in problem
 
 
 def test_objective_presets_expand_with_explicit_fields_on_top(tmp_path):
-    job = load_job(write(tmp_path, TRAIN + "objective: {preset: released_code, gamma: 0.05, rollout: {cfg: 2.0}}\n"))
+    job = load_job(write_spec(tmp_path, TRAIN + "objective: {preset: released_code, gamma: 0.05, rollout: {cfg: 2.0}}\n"))
     assert job.objective == ObjectiveConfig.from_preset("released_code", gamma=0.05, rollout={"cfg": 2.0})
     assert job.objective.csfl_target == "teacher_hard" and job.objective.rollout.top_p == 0.96
 
 
 def test_sampling_presets_expand_with_explicit_fields_on_top(tmp_path):
-    job = load_job(write(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar_eval, top_k: 50}}\n"))
+    job = load_job(write_spec(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar_eval, top_k: 50}}\n"))
     assert job.eval.sampling.single() == SamplingConfig.from_preset("flexvar_eval", top_k=50)
     assert job.eval.sampling.cfg_ramp == "flexvar" and job.eval.sampling.flexvar_max_size == 16
-    (problem,) = errors(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "eval: {sampling: {preset: flexvar}}\n")
     assert ":7:" in problem and "eval.sampling: unknown sampling preset 'flexvar'; presets: flexvar_eval" in problem
-    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {flexvar_max_size: 16}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {flexvar_max_size: 16}}\n")
     assert "rollout.flexvar_max_size is a rule of FlexVAR's sampler at inference" in problem
 
 
 def test_the_reference_schedule_draw_is_a_named_choice_of_random_schedules(tmp_path):
     flexvar = TRAIN.replace("schedule: {scales: [1, 2, 3, 5, 7]}",
                             "schedule: {scales: [1, 2, 3, 5, 7], random: true, draw_rule: flexvar, max_tokens: 90}")
-    job = load_job(write(tmp_path, flexvar))
+    job = load_job(write_spec(tmp_path, flexvar))
     assert job.schedule.draw().rule == "flexvar" and job.schedule.smallest_last() < 7
-    assert load_job(write(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], random: true}"))).schedule.draw().rule == "keep_last"
-    (problem,) = errors(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], draw_rule: flexvar}"))
+    assert load_job(write_spec(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], random: true}"))).schedule.draw().rule == "keep_last"
+    (problem,) = spec_problems(tmp_path, TRAIN.replace("[1, 2, 3, 5, 7]}", "[1, 2, 3, 5, 7], draw_rule: flexvar}"))
     assert "schedule.draw_rule: is only read with schedule.random: true" in problem
     # sf_hybrid needs every schedule to reach hybrid_scale: a draw that can end below it is refused
-    (problem,) = errors(tmp_path, flexvar + "objective: {kind: sf_hybrid, hybrid_scale: 7}\n")
+    (problem,) = spec_problems(tmp_path, flexvar + "objective: {kind: sf_hybrid, hybrid_scale: 7}\n")
     last = job.schedule.smallest_last()
     assert f"objective.hybrid_scale: 7 leaves no student-forced scale in schedule draws that end at {last}x{last}" in problem
-    assert load_job(write(tmp_path, flexvar + f"objective: {{kind: sf_hybrid, hybrid_scale: {last}}}\n"))
-    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 8}\n")
+    assert load_job(write_spec(tmp_path, flexvar + f"objective: {{kind: sf_hybrid, hybrid_scale: {last}}}\n"))
+    (problem,) = spec_problems(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 8}\n")
     assert "use a size <= 7" in problem
 
 
-SWEEP = """\
-kind: sweep
-name: sw
-train:
-  tokenizer: tok.safetensors
-  model: {depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}
-  schedule: {scales: [1, 2, 3, 5, 7]}
-  objective: {kind: sar}
-  optim: {steps: 10, batch_size: 8}
-space:
-  objective.gamma: {grid: [0.0, 0.5]}
-  objective.sampling: {choice: [argmax, stochastic]}
-  optim.lr: {loguniform: [1.0e-5, 1.0e-3]}
-seeds: [0, 1]
-"""
+SWEEP = sweep_spec("sw", train_body("objective: {kind: sar}"), (
+    "objective.gamma: {grid: [0.0, 0.5]}", "objective.sampling: {choice: [argmax, stochastic]}",
+    "optim.lr: {loguniform: [1.0e-5, 1.0e-3]}"), "seeds: [0, 1]")
 
 
 def test_a_sweep_can_search_any_field_path_of_its_train_spec(tmp_path):
-    sweep = load_job(write(tmp_path, SWEEP))
+    sweep = load_job(write_spec(tmp_path, SWEEP))
     assert isinstance(sweep, SweepJob) and sweep.train.kind == "train"
     trial = trial_job(sweep, {"objective.gamma": 0.5, "optim.lr": 3e-4, "objective.rollout.top_k": 5}, name="sw.t1")
     assert (trial.objective.gamma, trial.optim.lr, trial.objective.rollout.top_k, trial.name) == (0.5, 3e-4, 5, "sw.t1")
@@ -135,49 +102,39 @@ def test_a_sweep_can_search_any_field_path_of_its_train_spec(tmp_path):
 
 
 def test_sweeps_refuse_unknown_paths_and_invalid_candidates_before_running(tmp_path):
-    (problem,) = errors(tmp_path, SWEEP.replace("objective.gamma:", "objective.gama:"))
+    (problem,) = spec_problems(tmp_path, SWEEP.replace("objective.gamma:", "objective.gama:"))
     assert "space.objective.gama: the train spec has no field 'objective.gama'" in problem
-    (problem,) = errors(tmp_path, SWEEP.replace("[argmax, stochastic]", "[argmax, greedy]"))
+    (problem,) = spec_problems(tmp_path, SWEEP.replace("[argmax, stochastic]", "[argmax, greedy]"))
     assert "space.objective.sampling: value 'greedy' is not valid" in problem
 
 
 def test_a_sweep_over_an_objective_field_its_kind_never_reads_is_refused(tmp_path):
     """Identical trials under different labels would be a setting that silently does nothing."""
-    (problem,) = errors(tmp_path, SWEEP.replace("objective: {kind: sar}", "objective: {kind: tf}"))
+    (problem,) = spec_problems(tmp_path, SWEEP.replace("objective: {kind: sar}", "objective: {kind: tf}"))
     assert "space.objective.gamma: is only read by kind: sar (here kind: tf" in problem and "identical" in problem
 
 
 def test_pipeline_references_must_name_earlier_steps(tmp_path):
-    text = """\
-    kind: pipeline
-    name: p
-    steps:
-      train:
-        kind: train
-        tokenizer: step:tok
-        model: {depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}
-        schedule: {scales: [1, 2, 3, 5, 7]}
-        optim: {steps: 10}
-    """
-    (problem,) = errors(tmp_path, text)
+    text = pipeline_spec("p", {"train": train_step(tokenizer="step:tok", optim="{steps: 10}")})
+    (problem,) = spec_problems(tmp_path, text)
     assert "steps.train.tokenizer: step:tok does not name an earlier step" in problem
 
 
 def test_a_pipeline_compares_against_its_baseline_or_every_pair(tmp_path):
     step = "{kind: train, tokenizer: t.safetensors, init_from: g.safetensors, schedule: {scales: [1, 2, 3]}, optim: {steps: 4}}"
     text = f"kind: pipeline\nname: p\nsteps:\n  a: {step}\n  b: {step}\ncompare: [a, b]\n"
-    assert load_job(write(tmp_path, text)).pairs == "baseline"
-    assert load_job(write(tmp_path, text + "pairs: all\n")).pairs == "all"
-    (problem,) = errors(tmp_path, text + "pairs: some\n")
+    assert load_job(write_spec(tmp_path, text)).pairs == "baseline"
+    assert load_job(write_spec(tmp_path, text + "pairs: all\n")).pairs == "all"
+    (problem,) = spec_problems(tmp_path, text + "pairs: some\n")
     assert ":7:" in problem and "pairs: Input should be 'baseline' or 'all'" in problem
-    (problem,) = errors(tmp_path, text + "baseline: a\npairs: all\n")
+    (problem,) = spec_problems(tmp_path, text + "baseline: a\npairs: all\n")
     assert "pairs: all compares every pair, so baseline: 'a' would not be read" in problem
-    (problem,) = errors(tmp_path, text.replace("compare: [a, b]", "pairs: all"))
+    (problem,) = spec_problems(tmp_path, text.replace("compare: [a, b]", "pairs: all"))
     assert "pairs: is only read with compare" in problem
 
 
 def test_cli_validate_exits_2_with_located_errors_and_touches_nothing(tmp_path):
-    spec = write(tmp_path, TRAIN.replace("depth: 2", "depth: two"))
+    spec = write_spec(tmp_path, TRAIN.replace("depth: 2", "depth: two"))
     out = subprocess.run([*SAR, "run", str(spec)], cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 2
     assert f"{spec}:4:" in out.stderr and "model.depth" in out.stderr
@@ -239,30 +196,30 @@ def test_an_explicitly_written_field_the_job_never_reads_is_refused_where_it_is_
         text = text.replace("schedule: {scales: [1, 2, 3, 5, 7]}", "schedule: {scales: [1, 2, 3, 5, 7], max_tokens: 80}")
     if case == "min_lr_ratio of a constant lr":
         text = text.replace("optim: {steps: 10, batch_size: 8}", "optim: {steps: 10, batch_size: 8, min_lr_ratio: 0.1}")
-    problems = errors(tmp_path, text)
+    problems = spec_problems(tmp_path, text)
     assert any(expected in p for p in problems), problems
     assert all(p.startswith(str(tmp_path / "spec.yaml") + ":") for p in problems)
 
 
 def test_values_a_preset_or_a_default_fills_in_never_trip_the_check(tmp_path):
     # the paper preset brings rollout.cfg / cfg_ramp, which stochastic sampling does not read
-    job = load_job(write(tmp_path, TRAIN + "objective: {preset: paper, sampling: stochastic}\n"))
+    job = load_job(write_spec(tmp_path, TRAIN + "objective: {preset: paper, sampling: stochastic}\n"))
     assert job.objective.preset == "paper" and job.objective.rollout.cfg == 2.5
     assert ("objective", "rollout", "cfg") in job.unread_fields()  # unread, but not written: accepted
-    load_job(write(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {cfg: 2, cfg_ramp: constant}}\n"))
+    load_job(write_spec(tmp_path, TRAIN + "objective: {kind: sar, sampling: cfg, rollout: {cfg: 2, cfg_ramp: constant}}\n"))
 
 
 def test_settings_that_cannot_work_together_are_refused_at_load(tmp_path):
-    (problem,) = errors(tmp_path, TRAIN + "eval: {metrics: {fid_at_scales: [4]}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "eval: {metrics: {fid_at_scales: [4]}}\n")
     assert ":7:" in problem and "eval.metrics.fid_at_scales: [4] are not scales of the evaluated schedule [1, 2, 3, 5, 7]" in problem
-    (problem,) = errors(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 9}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "objective: {kind: sf_hybrid, hybrid_scale: 9}\n")
     assert "objective.hybrid_scale: 9 leaves no student-forced scale" in problem
-    (problem,) = errors(tmp_path, TRAIN + "resources: {num_workers: 3}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "resources: {num_workers: 3}\n")
     assert "optim.batch_size: 8 does not split evenly over resources.num_workers = 3" in problem
     eval_job = "kind: eval\nname: e\ngenerator: g.safetensors\ntokenizer: t.safetensors\nschedule: [1, 2, 7]\n"
-    (problem,) = errors(tmp_path, eval_job + "eval: {metrics: {fid_at_scales: [3]}}\n")
+    (problem,) = spec_problems(tmp_path, eval_job + "eval: {metrics: {fid_at_scales: [3]}}\n")
     assert "eval.metrics.fid_at_scales: [3] are not scales of the evaluated schedule [1, 2, 7]" in problem
-    (problem,) = errors(tmp_path, eval_job + "data: {limit: 100}\n")
+    (problem,) = spec_problems(tmp_path, eval_job + "data: {limit: 100}\n")
     assert "data.limit: is not read by eval jobs" in problem
 
 
@@ -272,30 +229,19 @@ def test_a_sweep_accepts_a_field_some_trial_reads_and_refuses_one_no_trial_reads
     kinds = base.replace("""  objective.gamma: {grid: [0.0, 0.5]}
   objective.sampling: {choice: [argmax, stochastic]}
 """, "  objective.kind: {grid: [tf, sar]}\n")
-    assert load_job(write(tmp_path, kinds)).train.objective.gamma == 0.3
-    (problem,) = errors(tmp_path, kinds.replace("gamma: 0.3", "hybrid_scale: 3"))
+    assert load_job(write_spec(tmp_path, kinds)).train.objective.gamma == 0.3
+    (problem,) = spec_problems(tmp_path, kinds.replace("gamma: 0.3", "hybrid_scale: 3"))
     assert "train.objective.hybrid_scale: is only read by kind: sf_hybrid" in problem
-    (problem,) = errors(tmp_path, kinds.replace("[tf, sar]", "[tf, sf_hybrid]").replace("gamma: 0.3", "hybrid_scale: 9"))
+    (problem,) = spec_problems(tmp_path, kinds.replace("[tf, sar]", "[tf, sf_hybrid]").replace("gamma: 0.3", "hybrid_scale: 9"))
     assert "space.objective.kind: value 'sf_hybrid': objective.hybrid_scale 9 leaves no student-forced scale" in problem
 
 
 def test_a_pipeline_shares_one_probe_and_refuses_one_per_step(tmp_path):
-    text = """\
-    kind: pipeline
-    name: p
-    probe: {images: 32, seed: 3}
-    steps:
-      a:
-        kind: train
-        tokenizer: t.safetensors
-        model: {depth: 2, width: 64, num_heads: 2, num_classes: 10, vocab_size: 64, codebook_dim: 8, pos_grid: 8}
-        schedule: {scales: [1, 2, 3, 5, 7]}
-        optim: {steps: 10}
-        log: {diagnostics_every: 5}
-    """
-    job = load_job(write(tmp_path, text))
+    text = pipeline_spec("p", {"a": train_step("log: {diagnostics_every: 5}", tokenizer="t.safetensors", optim="{steps: 10}")},
+                         head=("probe: {images: 32, seed: 3}",))
+    job = load_job(write_spec(tmp_path, text))
     assert job.steps["a"].probe.images == 32 and job.steps["a"].probe.seed == 3
-    (problem,) = errors(tmp_path, text + "    probe: {images: 8}\n")
+    (problem,) = spec_problems(tmp_path, text + "    probe: {images: 8}\n")
     assert "steps.a.probe: set probe on the pipeline, not on a step" in problem
 
 
@@ -303,10 +249,10 @@ def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
     from sar_platform.services.tracking import flatten
     from sar_platform.spec.reads import read_spec
 
-    tf = flatten(read_spec(load_job(write(tmp_path, TRAIN))))
+    tf = flatten(read_spec(load_job(write_spec(tmp_path, TRAIN))))
     assert {k for k in tf if k.startswith("objective.")} == {"objective.kind", "objective.weighting"}
     assert "eval.metrics.inception_weights" not in tf and "schedule.max_tokens" not in tf and "mlflow.port" in tf
-    sar = load_job(write(tmp_path, TRAIN + "objective: {preset: paper, sampling: argmax}\n"))
+    sar = load_job(write_spec(tmp_path, TRAIN + "objective: {preset: paper, sampling: argmax}\n"))
     params = flatten(read_spec(sar))
     assert params["objective.preset"] == "paper" and params["objective.gamma"] == "1.0"
     assert not any(k.startswith("objective.rollout.") for k in params)  # argmax reads no rollout setting
@@ -319,17 +265,17 @@ def test_a_runs_params_are_exactly_the_fields_its_job_reads(tmp_path):
 
 
 def test_probe_and_continuation_settings_are_checked_at_their_fields(tmp_path):
-    job = load_job(write(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {continuation: {ks: [0, 5], num_samples: 50}}\n"))
+    job = load_job(write_spec(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {continuation: {ks: [0, 5], num_samples: 50}}\n"))
     assert job.probe.draw(job.eval.sampling) == ("cfg", job.eval.sampling.single()) and job.probe.rollout_draws() == 4
     assert job.eval.continuation.ks == (0, 5)
-    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [2, 6]}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "eval: {continuation: {ks: [2, 6]}}\n")
     assert "eval.continuation.ks: [6] go beyond the schedule's 5 scales; pick from 0..5" in problem
-    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [1], num_samples: 5}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "eval: {continuation: {ks: [1], num_samples: 5}}\n")
     assert "eval.continuation.num_samples: 5 is too few for metrics.pr_k = 3 and metrics.is_splits = 10" in problem
-    (problem,) = errors(tmp_path, TRAIN + "eval: {continuation: {ks: [1, 1]}}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "eval: {continuation: {ks: [1, 1]}}\n")
     assert "eval.continuation" in problem and "ks must be a list without repeats" in problem
-    (problem,) = errors(tmp_path, TRAIN + "log: {diagnostics_every: 5}\nprobe: {calibration_fraction: 1.0}\n")
+    (problem,) = spec_problems(tmp_path, TRAIN + "log: {diagnostics_every: 5}\nprobe: {calibration_fraction: 1.0}\n")
     assert "probe.calibration_fraction" in problem
-    flexvar = load_job(write(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {sampling: {preset: flexvar_eval}}\n"))
+    flexvar = load_job(write_spec(tmp_path, TRAIN + "log: {diagnostics_every: 5}\neval: {sampling: {preset: flexvar_eval}}\n"))
     strategy, settings = flexvar.probe.draw(flexvar.eval.sampling)
     assert strategy == "cfg" and settings.flexvar_max_size is None and settings.cfg_ramp == "flexvar"

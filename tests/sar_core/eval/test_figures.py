@@ -17,15 +17,32 @@ def test_sample_grid_has_one_row_per_class(tmp_path):
     assert canvas.shape == (10 * 30 - 2, 4 * 30 - 2, 3)
 
 
-def test_trajectory_marks_forced_scales(tmp_path, tokenizer, schedule):
+def column_titles(monkeypatch, draw) -> list[str]:
+    """The titles above the top row of the figure `draw()` saves."""
+    saved = []
+    save = F._save
+    monkeypatch.setattr(F, "_save", lambda fig, path, **kw: saved.append(fig) or save(fig, path, **kw))
+    draw()
+    (fig,) = saved
+    columns = len(fig.axes) // 3  # 3 rows
+    return [ax.get_title() for ax in fig.axes[:columns]]
+
+
+def test_trajectory_marks_forced_scales(tmp_path, tokenizer, schedule, monkeypatch):
     x, _ = FashionMNISTConfig().load("test", limit=3)
     with torch.no_grad():
         maps = tokenizer.tokenize(x, schedule)
         from sar_core.generation import decode_scales
 
         scale_images = decode_scales(tokenizer, maps, 28)
-    path = F.trajectory_figure(scale_images, schedule.scales, tmp_path / "traj.png", forced=2, row_titles=["a", "b", "c"])
-    assert Image.open(path).size[0] > Image.open(path).size[1]  # 5 columns, 3 rows
+
+    def draw(forced):
+        path = F.trajectory_figure(scale_images, schedule.scales, tmp_path / f"traj{forced}.png", forced=forced,
+                                   row_titles=["a", "b", "c"])
+        assert Image.open(path).size[0] > Image.open(path).size[1]  # 5 columns, 3 rows
+
+    assert column_titles(monkeypatch, lambda: draw(2)) == ["1x1 GT", "2x2 GT", "3x3", "5x5", "7x7"]
+    assert column_titles(monkeypatch, lambda: draw(0)) == ["1x1", "2x2", "3x3", "5x5", "7x7"]
 
 
 def test_rollout_rows_of_images_latents_and_deltas(tmp_path, tokenizer):

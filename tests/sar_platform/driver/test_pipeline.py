@@ -8,72 +8,33 @@ import pytest
 from sar_core.checkpoint import load_model
 from sar_platform.runner import run_job
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import EVAL, GENERATOR_MODEL, experiment_runs, spec
+from tests.support.servers import experiment_runs
+from tests.support.specs import EVAL, SCALES, TOKENIZER_MODEL, lines, local_run, pipeline_spec, train_step, write_spec
 
 pytestmark = pytest.mark.ray
-
-TOKENIZER = ("{image_size: 28, in_channels: 1, base_channels: 16, channel_mult: [1, 2, 2], num_res_blocks: 1, "
-             "z_channels: 32, codebook_size: 64, codebook_dim: 8, norm_groups: 8, attention: false}")
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, ray_local, mlflow_uri):
     tmp = tmp_path_factory.mktemp("pipeline")
-    path = spec(tmp, f"""
-        kind: pipeline
-        name: mini
-        storage: {{path: {tmp}/ws}}
-        mlflow: {{tracking_uri: "{mlflow_uri}", experiment: pipeline-test}}
-        steps:
-          tokenizer:
-            kind: tokenizer
-            model: {TOKENIZER}
-            data: {{limit: 512}}
-            optim: {{lr: 0.002, weight_decay: 0.0, batch_size: 16, steps: 6}}
-            checkpoint: {{every_steps: 6}}
-            log: {{every_steps: 3}}
-            eval_images: 64
-          pretrain:
-            kind: train
-            tokenizer: step:tokenizer
-            model: {GENERATOR_MODEL}
-            schedule: {{scales: [1, 2, 3, 5, 7], random: true}}
-            data: {{limit: 512}}
-            optim: {{lr: 0.001, batch_size: 16, steps: 6}}
-            resources: {{num_workers: 2}}
-            checkpoint: {{every_steps: 3}}
-            log: {{every_steps: 2}}
-            eval: {EVAL}
-          tf:
-            kind: train
-            tokenizer: step:tokenizer
-            init_from: step:pretrain
-            schedule: {{scales: [1, 2, 3, 5, 7]}}
-            data: {{limit: 512}}
-            optim: {{lr: 0.001, batch_size: 16, steps: 4}}
-            checkpoint: {{every_steps: 4}}
-            log: {{every_steps: 2, diagnostics_every: 2}}
-            eval: {EVAL}
-          sar:
-            kind: train
-            tokenizer: step:tokenizer
-            init_from: step:pretrain
-            schedule: {{scales: [1, 2, 3, 5, 7]}}
-            objective: {{preset: paper, sampling: stochastic}}
-            data: {{limit: 512}}
-            optim: {{lr: 0.001, batch_size: 16, steps: 4}}
-            checkpoint: {{every_steps: 4}}
-            log: {{every_steps: 2, diagnostics_every: 2}}
-            eval: {EVAL}
-          score:
-            kind: eval
-            generator: step:sar
-            tokenizer: step:tokenizer
-            schedule: [1, 2, 3, 5, 7]
-            eval: {EVAL}
-        compare: [pretrain, tf, sar]
-        baseline: tf
-    """)
+
+    def post_training(*fields: str) -> str:  # 4 steps from the pretrained checkpoint, with diagnostics
+        return train_step("data: {limit: 512}", *fields, "checkpoint: {every_steps: 4}",
+                          "log: {every_steps: 2, diagnostics_every: 2}", f"eval: {EVAL}", tokenizer="step:tokenizer",
+                          init_from="step:pretrain", optim="{lr: 0.001, batch_size: 16, steps: 4}")
+
+    path = write_spec(tmp, pipeline_spec("mini", {
+        "tokenizer": lines("kind: tokenizer", f"model: {TOKENIZER_MODEL}", "data: {limit: 512}",
+                           "optim: {lr: 0.002, weight_decay: 0.0, batch_size: 16, steps: 6}", "checkpoint: {every_steps: 6}",
+                           "log: {every_steps: 3}", "eval_images: 64"),
+        "pretrain": train_step("data: {limit: 512}", "resources: {num_workers: 2}", "checkpoint: {every_steps: 3}",
+                               "log: {every_steps: 2}", f"eval: {EVAL}", schedule=f"{{scales: {SCALES}, random: true}}",
+                               tokenizer="step:tokenizer", optim="{lr: 0.001, batch_size: 16, steps: 6}"),
+        "tf": post_training(),
+        "sar": post_training("objective: {preset: paper, sampling: stochastic}"),
+        "score": lines("kind: eval", "generator: step:sar", "tokenizer: step:tokenizer", f"schedule: {SCALES}",
+                       f"eval: {EVAL}"),
+    }, "compare: [pretrain, tf, sar]", "baseline: tf", head=local_run(tmp, mlflow_uri, "pipeline-test")))
     outputs = run_job(load_job(path), spec_text=path.read_text())
     runs = {r.info.run_name: r for r in experiment_runs(mlflow_uri, "pipeline-test")}
     return outputs, runs, mlflow_uri

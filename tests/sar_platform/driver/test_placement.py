@@ -2,33 +2,22 @@
 lists (driver/placement.py), and `sar run` on an embedded 2-CPU Ray refusing the issue's hang
 (`data.loader: ray_data` with `cpus_per_worker: 2`) right after connecting, before any MLflow run."""
 import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from sar_platform.driver.placement import placement_problems
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import GENERATOR_MODEL, experiment_runs
+from tests.support.processes import SAR
+from tests.support.servers import experiment_runs
+from tests.support.specs import local_run, pipeline_spec, sweep_spec, train_body, train_spec, train_step, write_spec
 
 LAPTOP = [{"CPU": 2.0, "memory": 8e9}]
 TWO_SMALL = [{"CPU": 1.0}, {"CPU": 1.0}]
 
 
-def job(tmp_path, resources: str, extra: str = "", kind_body: str | None = None):
-    body = kind_body or f"""
-        kind: train
-        name: t
-        resources: {resources}
-        tokenizer: tok.safetensors
-        model: {GENERATOR_MODEL}
-        schedule: {{scales: [1, 2, 3, 5, 7]}}
-        optim: {{steps: 2}}
-        {extra}
-    """
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(body))
-    return load_job(path)
+def job(tmp_path, resources: str, *extra: str):
+    """A tiny train job with these resources (and `extra` fields)."""
+    return load_job(write_spec(tmp_path, train_spec("t", *extra, head=(f"resources: {resources}",), optim="{steps: 2}")))
 
 
 def test_ray_data_with_workers_taking_every_cpu_is_refused_and_one_free_cpu_is_enough(tmp_path):
@@ -67,56 +56,27 @@ def test_placements_that_fit_pass(tmp_path):
 
 
 def test_pipeline_steps_and_concurrent_sweep_trials_are_checked_by_their_own_fields(tmp_path):
-    pipeline = job(tmp_path, "", kind_body=f"""
-        kind: pipeline
-        name: p
-        steps:
-          fits: {{kind: train, tokenizer: tok.safetensors, model: {GENERATOR_MODEL}, schedule: {{scales: [1, 2, 3, 5, 7]}}, optim: {{steps: 2}}}}
-          big:
-            kind: train
-            resources: {{num_workers: 1, cpus_per_worker: 8}}
-            tokenizer: tok.safetensors
-            model: {GENERATOR_MODEL}
-            schedule: {{scales: [1, 2, 3, 5, 7]}}
-            optim: {{steps: 2}}
-    """)
+    pipeline = load_job(write_spec(tmp_path, pipeline_spec("p", {
+        "fits": train_step(optim="{steps: 2}"),
+        "big": train_step("resources: {num_workers: 1, cpus_per_worker: 8}", optim="{steps: 2}"),
+    })))
     (problem,) = placement_problems(pipeline, LAPTOP)
     assert problem.startswith("steps.big.resources.cpus_per_worker: 8 per worker")
-    sweep = job(tmp_path, "", kind_body=f"""
-        kind: sweep
-        name: s
-        resources: {{num_workers: 1, cpus_per_worker: 1}}
-        max_concurrent_trials: 2
-        train:
-          tokenizer: tok.safetensors
-          model: {GENERATOR_MODEL}
-          schedule: {{scales: [1, 2, 3, 5, 7]}}
-          data: {{loader: ray_data}}
-          optim: {{steps: 2}}
-        space: {{optim.lr: {{grid: [0.001, 0.002]}}}}
-        metric: loss/total
-    """)
+    sweep = load_job(write_spec(tmp_path, sweep_spec(
+        "s", train_body("data: {loader: ray_data}", optim="{steps: 2}"), ("optim.lr: {grid: [0.001, 0.002]}",),
+        "metric: loss/total", head=("resources: {num_workers: 1, cpus_per_worker: 1}", "max_concurrent_trials: 2"))))
     (problem,) = placement_problems(sweep, LAPTOP)  # two trials' workers take both CPUs: no reads
     assert problem.startswith("train.data.loader: ray_data") and "2 concurrent trials" in problem
 
 
 @pytest.mark.ray
 def test_sar_run_refuses_the_ray_data_hang_on_a_two_cpu_machine_before_any_mlflow_run(tmp_path, mlflow_uri, tokenizer_path):
-    path = tmp_path / "hang.yaml"
-    path.write_text(textwrap.dedent(f"""
-        kind: train
-        name: hang
-        storage: {{path: {tmp_path}/ws}}
-        mlflow: {{tracking_uri: "{mlflow_uri}", experiment: placement-hang}}
-        resources: {{num_workers: 1, cpus_per_worker: 2}}
-        tokenizer: {tokenizer_path}
-        model: {GENERATOR_MODEL}
-        schedule: {{scales: [1, 2, 3, 5, 7]}}
-        data: {{limit: 64, loader: ray_data}}
-        optim: {{steps: 2, batch_size: 8}}
-    """))
-    out = subprocess.run([sys.executable, "-m", "sar_platform.cli", "run", str(path), "--num-cpus", "2"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=300)
+    path = write_spec(tmp_path, train_spec(
+        "hang", "data: {limit: 64, loader: ray_data}", tokenizer=tokenizer_path, optim="{steps: 2, batch_size: 8}",
+        head=(*local_run(tmp_path, mlflow_uri, "placement-hang"), "resources: {num_workers: 1, cpus_per_worker: 2}")),
+        "hang.yaml")
+    out = subprocess.run([*SAR, "run", str(path), "--num-cpus", "2"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
     assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
     assert "hang: data.loader: ray_data needs 1 CPU free beside the training workers" in out.stderr
     assert experiment_runs(mlflow_uri, "placement-hang") == []

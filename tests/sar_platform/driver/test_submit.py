@@ -1,28 +1,15 @@
 """What `sar submit` checks before sending anything: every file a job reads or writes is found in
 the spec tree (pipelines, sweeps, metric files), and a local path is refused unless it lies under a
 shared file system named with --shared-path or $SAR_SHARED_PATHS."""
-import textwrap
-
 from sar_platform.driver.submit import file_fields, unseen_paths
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import GENERATOR_MODEL
+from tests.support.specs import train_spec, write_spec
 
-TRAIN = f"""
-tokenizer: s3://bucket/tok.safetensors
-model: {GENERATOR_MODEL}
-schedule: {{scales: [1, 2, 3, 5, 7]}}
-optim: {{steps: 2}}
-"""
-
-
-def load(tmp_path, text: str):
-    path = tmp_path / "spec.yaml"
-    path.write_text(textwrap.dedent(text))
-    return load_job(path)
+ON_S3 = {"tokenizer": "s3://bucket/tok.safetensors", "optim": "{steps: 2}"}
 
 
 def test_every_path_of_a_pipeline_is_found_with_its_field(tmp_path):
-    job = load(tmp_path, f"""
+    job = load_job(write_spec(tmp_path, f"""
         kind: pipeline
         name: p
         storage: {{path: /mnt/fsx/ws}}
@@ -41,7 +28,7 @@ def test_every_path_of_a_pipeline_is_found_with_its_field(tmp_path):
             generator: step:post
             tokenizer: /mnt/fsx/tok.safetensors
             schedule: [1, 2, 3, 5, 7]
-    """)
+    """))
     found = dict(file_fields(job))
     assert found["storage.path"] == "/mnt/fsx/ws"
     assert found["steps.post.tokenizer"] == found["steps.score.tokenizer"] == "/mnt/fsx/tok.safetensors"
@@ -57,9 +44,9 @@ def test_every_path_of_a_pipeline_is_found_with_its_field(tmp_path):
 
 
 def test_s3_inputs_need_no_shared_path_and_a_local_workspace_does(tmp_path, monkeypatch):
-    on_s3 = load(tmp_path, "kind: train\nname: t\nstorage: {path: s3://bucket/ws}\n" + TRAIN)
+    on_s3 = load_job(write_spec(tmp_path, train_spec("t", head=("storage: {path: s3://bucket/ws}",), **ON_S3)))
     assert unseen_paths(on_s3, []) == []
-    local = load(tmp_path, "kind: train\nname: t\n" + TRAIN)  # storage.path defaults to ./workspace
+    local = load_job(write_spec(tmp_path, train_spec("t", **ON_S3)))  # storage.path defaults to ./workspace
     (problem,) = unseen_paths(local, [])
     assert problem.startswith(f"storage.path: {local.storage.path} is a path on this machine")
     monkeypatch.setenv("SAR_SHARED_PATHS", f"/elsewhere:{local.storage.path}")

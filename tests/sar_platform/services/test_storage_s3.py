@@ -1,4 +1,4 @@
-"""The workspace on a real S3 server (moto's, on loopback; `storage.s3_endpoint` points at it):
+"""The workspace on a real S3 server (moto's, on loopback: `s3_endpoint`; `storage.s3_endpoint` points at it):
 JSON outputs, folders such as token shards downloaded once per machine, the evaluation assets every
 node mirrors, and credentials that only come from the environment (never inside the filesystem
 object Ray pickles to its workers)."""
@@ -9,30 +9,18 @@ import boto3
 import pytest
 
 from sar_platform.services.storage import EVAL_ASSETS, Workspace
-from tests.cluster.conftest import free_ports
 
 SECRET = "secret-" + secrets.token_hex(12)
 
 
-@pytest.fixture(scope="module")
-def endpoint():
-    from moto.server import ThreadedMotoServer
-
-    (port,) = free_ports(1)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def workspace(endpoint, monkeypatch, tmp_path):
+def workspace(s3_endpoint, monkeypatch, tmp_path):
     for key, value in {"AWS_ACCESS_KEY_ID": "test-key", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_EC2_METADATA_DISABLED": "true", "SAR_CACHE": str(tmp_path / "cache")}.items():
         monkeypatch.setenv(key, value)
     bucket = f"b{secrets.token_hex(4)}"
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
-    return Workspace(f"s3://{bucket}/ws", endpoint)
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return Workspace(f"s3://{bucket}/ws", s3_endpoint)
 
 
 def test_outputs_and_folders_round_trip_through_s3(workspace, tmp_path):
