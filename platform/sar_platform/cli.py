@@ -249,12 +249,10 @@ def cmd_ui(args) -> int:
 
 
 def _server(uri: str):
-    from mlflow.tracking import MlflowClient
-
     from sar_platform.driver.comparison_pages import Server
     from sar_platform.services.tracking import RetryingClient
 
-    return Server(uri, RetryingClient(MlflowClient(uri), attempts=2))
+    return Server(uri, RetryingClient(lambda: uri, attempts=2))
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from sar_platform.services.mlflow_server import ensure_server, stop_server
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker
 from sar_platform.spec import load_job
-from tests.sar_platform.conftest import spec
+from tests.support.specs import write_spec
 
 SAR = [sys.executable, "-m", "sar_platform.cli"]
 CHROMIUM = "/usr/bin/chromium"
@@ -77,7 +77,7 @@ def test_an_experiment_opens_on_the_model_training_pages(workspace):
 def test_run_params_are_the_settings_and_the_architecture_and_infrastructure_is_tags(workspace, tmp_path, generator_model):
     root, uri = workspace
     checkpoint = save_model(generator_model, tmp_path / "generator.safetensors")
-    path = spec(tmp_path, f"""
+    path = write_spec(tmp_path, f"""
         kind: train
         name: post
         tokenizer: {tmp_path}/tokenizer.safetensors

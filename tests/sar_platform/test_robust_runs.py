@@ -384,7 +384,7 @@ def test_a_workspace_server_restarted_on_another_port_is_found_there_and_the_run
     # the embedded server (no mlflow.tracking_uri): killed at checkpoint 4 and restarted, as by
     # `sar ui`, while another process holds its old port
     port = free_port()
-    path = train_spec(tmp_path, "server-moved", "unused", tokenizer_path, steps=8, evaluate=True)
+    path = resumable_spec(tmp_path, "server-moved", "unused", tokenizer_path, steps=8)
     path.write_text(path.read_text().replace('mlflow: {tracking_uri: "unused", experiment: server-moved}',
                                              f"mlflow: {{experiment: server-moved, port: {port}}}"))
     root = tmp_path / "ws" / "mlflow"
