@@ -92,6 +92,7 @@ def trial_rows(results, job, tracker: Tracker, parent: RunHandle, total_steps: i
         row.update(headline(metrics))
         row.update(final_diagnostics(metrics))  # the trials table shows the headline; the CSV and comparisons keep these
         row.update(guidance_metrics(metrics))  # a guidance grid's cfg/<g>/... keys, for the comparison's best guidance
+        row.update({k: v for k, v in metrics.items() if k.startswith("cont/")})  # continuation quality per k
         if child is not None and child.info.status == "RUNNING":
             tracker.client.set_terminated(child.info.run_id, "FAILED" if res.error else "KILLED")
         rows.append(row)
