@@ -9,6 +9,7 @@ fault is sent, so no run can finish before its fault arrives however fast the ma
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
