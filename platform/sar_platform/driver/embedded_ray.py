@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sar_platform.services.mlflow_server import free_loopback_port
 
 LOOPBACK = "127.0.0.1"
 SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -58,12 +59,6 @@ def start(num_cpus: int | None, runtime_env: dict, **init_kwargs) -> subprocess.
     ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host=LOOPBACK, _node_ip_address=LOOPBACK,
              runtime_env={**runtime_env, "env_vars": env_vars}, **init_kwargs)
     return start_reaper(ray_processes())
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def stop(reaper: subprocess.Popen | None) -> None:

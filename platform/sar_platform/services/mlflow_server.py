@@ -48,7 +48,8 @@ def _healthy(uri: str, timeout: float = 2.0) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_loopback_port() -> int:
+    """A port nothing on 127.0.0.1 listens on now."""
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
@@ -154,7 +155,7 @@ def ensure_server(root: str | Path, port: int = 5055, timeout: float = 120.0) ->
 
 def _start(root: Path, port: int, deadline: float) -> ServerInfo:
     if port == 0 or _port_in_use(port):
-        port = _free_port()
+        port = free_loopback_port()
     cmd = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", f"sqlite:///{_database(root)}",
