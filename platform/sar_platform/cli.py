@@ -28,15 +28,15 @@ class UsageError(ValueError):
     """A flag value that cannot be used; the message names the flag."""
 
 
-def _load_located(paths):
+def _load_located(paths, texts=None):
     """Validate every spec before anything else happens; exit 2 with file:line:col errors.
-    Returns (job, locator) pairs."""
+    Returns (job, locator) pairs. `texts`: the specs' content where it is not read from the path."""
     from sar_platform.spec import SpecError, load_located_job
 
     loaded, failed = [], False
-    for path in paths:
+    for path, text in zip(paths, texts or [None] * len(paths)):
         try:
-            loaded.append(load_located_job(path))
+            loaded.append(load_located_job(path, text))
         except SpecError as e:
             failed = True
             print(str(e), file=sys.stderr)
@@ -94,15 +94,23 @@ class RunRequest:
     locator: Any = field(compare=False)  # where each field is written, for checks made later
 
 
+SUBMITTED_SPEC_ENV = "SAR_SUBMITTED_SPEC"
+"""Where `sar submit` puts the spec text it validated, for `sar run --submitted` on the cluster."""
+
+
 def build_run(args) -> RunRequest:
-    ((job, locator),) = _load_located([args.spec])
     from sar_platform.spec.loader import read_text
 
+    if args.submitted and SUBMITTED_SPEC_ENV not in os.environ:
+        raise UsageError(f"--submitted reads the spec from ${SUBMITTED_SPEC_ENV}, which is not set "
+                         "(`sar submit` sets it for the job it submits; elsewhere run SPEC without --submitted)")
+    text = os.environ[SUBMITTED_SPEC_ENV] if args.submitted else None
+    ((job, locator),) = _load_located([args.spec], [text])
     if args.num_cpus is not None and args.num_cpus < 1:
         raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and args.address:
         raise UsageError("--num-cpus sizes the embedded Ray; it is not read with --address (the cluster has its own)")
-    return RunRequest(job, read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator)
+    return RunRequest(job, text or read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator)
 
 
 def cmd_run(args) -> int:
@@ -122,7 +130,7 @@ def cmd_run(args) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as e:
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"[sar] {what}; the checkpoints are kept. Continue with: sar run {args.spec} --resume", file=sys.stderr)
+        print(f"[sar] {what}; the checkpoints are kept. Continue with: sar {'submit' if args.submitted else 'run'} {args.spec} --resume", file=sys.stderr)
         return 128 + Terminated.signal_number if isinstance(e, Terminated) else EXIT_INTERRUPTED
     return 0
 
@@ -440,6 +448,8 @@ def add_run(sub) -> None:
     p.add_argument("--address", help="connect to this Ray cluster (e.g. 127.0.0.1:6379) instead of starting one")
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its latest checkpoints")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
+    p.add_argument("--submitted", action="store_true",
+                   help=f"the spec's text is in ${SUBMITTED_SPEC_ENV}, SPEC names its file (how `sar submit` runs a job)")
     p.set_defaults(func=cmd_run, build=build_run)
 
 

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.cluster.conftest import BIN, BUCKET
-from tests.conftest import REPO
 from tests.support.servers import experiment_runs
 from tests.support.processes import wait_until
 from tests.support.specs import EVAL, pipeline_spec, sweep_spec, train_body, train_spec, train_step, write_spec
@@ -26,13 +25,12 @@ STORAGE = f"s3://{BUCKET}/ws"  # one workspace: token shards and evaluation asse
 
 @pytest.fixture(scope="module")
 def specs(cluster, tokenizer_path):
-    """A folder for this module's specs inside the repository (what `sar submit` ships), and the
-    tokenizer uploaded to S3."""
+    """A folder for this module's specs outside the repository (`sar submit` sends a spec's text, not
+    its file), and the tokenizer uploaded to S3."""
     cluster.s3().upload_file(str(tokenizer_path), BUCKET, TOKENIZER.split(f"{BUCKET}/", 1)[1])
-    folder = REPO / "jobs" / f".test-{cluster.root.name}"
+    folder = cluster.root / "specs"
     folder.mkdir()
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
+    return folder
 
 
 def on_s3(cluster, name: str) -> tuple[str, str]:
@@ -41,8 +39,8 @@ def on_s3(cluster, name: str) -> tuple[str, str]:
 
 
 def submittable(specs, name: str, text: str) -> str:
-    """The spec written in this module's folder, as a path relative to the repository."""
-    return str(write_spec(specs, text, f"{name}.yaml").relative_to(REPO))
+    """The spec written in this module's folder."""
+    return str(write_spec(specs, text, f"{name}.yaml"))
 
 
 def two_node_train(specs, cluster, name: str, *fields: str, optim: str, max_failures: int = 0) -> str:
@@ -162,7 +160,7 @@ def test_placements_the_cluster_cannot_give_are_refused_before_any_mlflow_run(cl
 
 def test_a_spec_reading_a_local_file_is_refused_before_submission(cluster, specs, tokenizer_path):
     spec = two_node_train(specs, cluster, "local-tokenizer", optim="{steps: 2}")
-    (REPO / spec).write_text((REPO / spec).read_text().replace(TOKENIZER, str(tokenizer_path)))
+    Path(spec).write_text(Path(spec).read_text().replace(TOKENIZER, str(tokenizer_path)))
     before = cluster.sar("jobs", "list", "--address", cluster.address).stdout
     out = cluster.sar("submit", spec, "--address", cluster.address)
     assert out.returncode == 2, out.stdout + out.stderr

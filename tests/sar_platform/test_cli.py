@@ -2,6 +2,7 @@
 request the command carries out (a flag that is parsed and dropped, like `sar eval --seed` once
 was, fails here), and a flag its other flags make meaningless is refused with exit 2."""
 import argparse
+import re
 import subprocess
 
 import pytest
@@ -82,6 +83,7 @@ def built(argv: list[str]):
 
 def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SAR_SUBMITTED_SPEC", train_spec("submitted"))  # what `sar run --submitted` reads
     commands = subcommands()
     assert set(commands) == {"validate", "schema", "run", "submit", "jobs list", "jobs status", "jobs logs", "jobs stop",
                              "ui", "report", "sample", "eval", "import-flexvar", "data"}
@@ -101,9 +103,9 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
                 reference = built(base)
             assert built([*command.split(), *changed]) != reference, f"sar {command}: {action.dest} changes nothing"
             checked.append(f"{command} {action.dest}")
-    assert "eval seed" in checked and "run num_cpus" in checked and "ui port" in checked and "submit shared_path" in checked
+    assert "eval seed" in checked and "run num_cpus" in checked and "run submitted" in checked and "ui port" in checked and "submit shared_path" in checked
     assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and "report tracking_uri" in checked
-    assert len(checked) >= 53
+    assert len(checked) >= 54
 
 
 def test_eval_cfg_takes_one_weight_or_a_grid():
@@ -132,13 +134,15 @@ def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generati
     (["sample", *CHECKPOINTS, "--cfg", "1,2"], "sar sample draws at one guidance weight"),
     (["ui", "SPEC", "--port", "5056"], "give SPEC or --workspace / --port, not both"),
     (["run", "SPEC", "--address", "127.0.0.1:6379", "--num-cpus", "2"], "--num-cpus sizes the embedded Ray"),
+    (["run", "SPEC", "--submitted"], "--submitted reads the spec from $SAR_SUBMITTED_SPEC, which is not set"),
     (["report", "SPEC", "--workspace", "ws"], "give a SPEC or --workspace / --port / --tracking-uri, not both"),
     (["report", "missing.yaml"], "missing.yaml: no such spec file"),
     (["report", "run", "--tracking-uri", "http://x", "--port", "5056"], "--workspace / --port are not read with it"),
 ])
-def test_a_flag_that_cannot_be_used_is_refused_with_exit_2(specs, argv, message):
+def test_a_flag_that_cannot_be_used_is_refused_with_exit_2(specs, argv, message, monkeypatch):
+    monkeypatch.delenv("SAR_SUBMITTED_SPEC", raising=False)
     argv = [specs[0] if a == "SPEC" else a for a in argv]
-    with pytest.raises(UsageError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(UsageError, match=re.escape(message)):
         built(argv)
     out = subprocess.run([*SAR, *argv], capture_output=True, text=True)
     assert out.returncode == 2 and message in out.stderr

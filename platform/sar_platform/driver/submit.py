@@ -1,7 +1,8 @@
 """`sar submit`: run a job spec as a Ray Job on an existing cluster (Ray Jobs API).
 
-The repository travels as the job's working_dir (so the spec and the code are the submitter's),
-and the job's driver is `sar run SPEC --address auto` on the head node. Before anything is sent,
+The repository travels as the job's working_dir (so the code is the submitter's; Ray leaves out what
+git ignores), the spec's validated text travels in the job's environment, and the job's driver is
+`sar run SPEC --submitted --address auto` on the head node. Before anything is sent,
 every file the job reads or writes must be somewhere the cluster sees: an s3:// URI, or a path
 under a shared file system that every node mounts at the same place (`--shared-path`, or
 $SAR_SHARED_PATHS). A path that only exists on the submitter's machine is refused by field.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import sys
 import types
 import typing
@@ -25,10 +27,12 @@ from pydantic import BaseModel
 
 from sar_core.eval.config import MetricConfig
 from sar_platform.driver import jobs
-from sar_platform.services.ray_env import repository_root, repository_runtime_env
+from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.spec.common import STEP_REF, absolute_if_local
 
 SHARED_PATHS_ENV = "SAR_SHARED_PATHS"
+# Linux caps one environment string at 128 KiB; the spec is one.
+MAX_SUBMITTED_SPEC_BYTES = 96 * 1024
 
 
 def _resolves_paths(metadata) -> bool:
@@ -103,22 +107,26 @@ def shared_paths(given: list[str] | None) -> list[str]:
 def submit_job(job, spec_path: Path, address: str | None, resume: bool = False, wait: bool = True,
                shared: list[str] | None = None) -> int:
     """Check, submit and (with `wait`) follow the job; exit status 2 for what is refused."""
-    repo = repository_root()
-    spec = spec_path.resolve()
-    problems = [] if spec.is_relative_to(repo) else [
-        f"{spec_path} must lie inside the repository ({repo}, e.g. in jobs/): the repository is what the cluster receives"]
-    problems += unseen_paths(job, shared_paths(shared))
+    from sar_platform.cli import SUBMITTED_SPEC_ENV
+    from sar_platform.spec.loader import read_text
+
+    text = read_text(spec_path)
+    problems = unseen_paths(job, shared_paths(shared))
+    if len(text.encode()) > MAX_SUBMITTED_SPEC_BYTES:
+        problems.append(f"{len(text.encode()) // 1024} KiB of YAML: a submitted spec travels in the job's environment, "
+                        f"which holds at most {MAX_SUBMITTED_SPEC_BYTES // 1024} KiB; shorten it (a job spec is a page)")
     if problems:
         for p in problems:
             print(f"sar submit: {job.name}: {p}", file=sys.stderr)
         return jobs.EXIT_BAD_INPUT
     client = jobs.connect(address)
-    entrypoint = f"python -m sar_platform.cli run {spec.relative_to(repo)} --address auto" + (" --resume" if resume else "")
-    env = {"SAR_BASE_DIR": os.getcwd(), "SAR_RAY_JOB": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1"}
+    entrypoint = f"python -m sar_platform.cli run {shlex.quote(str(spec_path))} --submitted --address auto" + (
+        " --resume" if resume else "")
+    env = {"SAR_BASE_DIR": os.getcwd(), "SAR_RAY_JOB": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", SUBMITTED_SPEC_ENV: text}
     submission_id = f"sar-{job.name}-{uuid.uuid4().hex[:8]}"
-    client.submit_job(entrypoint=entrypoint, runtime_env=repository_runtime_env(repo, env, forward=False),
+    client.submit_job(entrypoint=entrypoint, runtime_env=repository_runtime_env(env_vars=env, forward=False),
                       submission_id=submission_id,
-                      metadata={"sar.spec": str(spec.relative_to(repo)), "sar.job": job.name, "sar.kind": job.kind})
+                      metadata={"sar.spec": str(spec_path), "sar.job": job.name, "sar.kind": job.kind})
     print(f"[sar] submitted {submission_id} to {client.get_address()}\n"
           f"[sar] follow it: sar jobs logs {submission_id} --follow; stop it: sar jobs stop {submission_id}", flush=True)
     if not wait:

@@ -21,10 +21,11 @@ def load_job(path: str | Path):
     return load_located_job(path)[0]
 
 
-def load_located_job(path: str | Path):
+def load_located_job(path: str | Path, text: str | None = None):
     """(job, Locator): the job and where each of its fields is written, for checks made later
-    (inputs on disk, data sizes) to point at the field at fault."""
-    data, positions = load_yaml(path)
+    (inputs on disk, data sizes) to point at the field at fault. `text`: the spec's content when it
+    does not come from the file at `path` (a submitted job's)."""
+    data, positions = load_yaml(path, text)
     job = validate(data, Job, positions, str(path))
     problems = check_reads(job, data, positions, str(path))
     if problems:

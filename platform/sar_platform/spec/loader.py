@@ -198,6 +198,12 @@ def read_text(path: Path) -> str:
             raw = f.read(MAX_SPEC_BYTES + 1)
     except OSError as e:
         raise SpecError([f"{path}: cannot read spec ({e.strerror})"]) from e
+    return checked_text(raw, path)
+
+
+def checked_text(raw: bytes, path: str | Path) -> str:
+    """`raw` as spec text, refused (naming `path`) unless it is at most MAX_SPEC_BYTES of UTF-8
+    without control characters."""
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError([f"{path}: larger than {MAX_SPEC_BYTES // 1024} KiB; a job spec is a page of YAML"])
     try:
@@ -213,10 +219,11 @@ def read_text(path: Path) -> str:
     return text
 
 
-def load_yaml(path: str | Path) -> tuple[Any, dict]:
-    """(data, key path -> (line, column)) of a spec file, with every limit above checked."""
+def load_yaml(path: str | Path, text: str | None = None) -> tuple[Any, dict]:
+    """(data, key path -> (line, column)) of a spec file (or of `text`, the file's content sent
+    elsewhere), with every limit above checked."""
     path = Path(path)
-    text = read_text(path)
+    text = read_text(path) if text is None else checked_text(text.encode(), path)
     loader = _BoundedLoader(text)
     try:
         node = loader.get_single_node()
