@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from sar_core.checkpoint import CheckpointError, read_header
 from sar_core.data.dataset import DataDamagedError
 from sar_platform.services.storage import Workspace
-from sar_platform.spec.common import STEP_REF
+from sar_platform.spec.common import STEP_REF, external_run, step_output
 
 
 @dataclass
@@ -26,10 +26,35 @@ class CheckContext:
     tokenizers: dict = field(default_factory=dict)
 
 
-def _header(path: str, kind: str, field_: str, ctx: CheckContext):
-    """The model config in a checkpoint's header (None when the path is a step reference or wrong)."""
-    if STEP_REF.match(path):
+def _other_pipelines_output(ref: str, kind: str, field_: str, ctx: CheckContext) -> str | None:
+    """The checkpoint a `step:<pipeline>/<name>` reference takes from this workspace (None, with the
+    problem recorded, while that step has not finished or produced none)."""
+    run = external_run(ref)
+    outputs = ctx.workspace.read_json(ctx.workspace.outputs_path(run))
+    if outputs is None:
+        ctx.problems.append(f"{field_}: {ref}: run {run} has not finished in the workspace {ctx.workspace.root}; "
+                            f"run the pipeline {run.split('.', 1)[0]} there first")
         return None
+    try:
+        produced = step_output({STEP_REF.match(ref).group(1): outputs}, ref)
+    except ValueError as e:
+        ctx.problems.append(f"{field_}: {e}")
+        return None
+    if kind not in produced:
+        ctx.problems.append(f"{field_}: {ref} produced no {kind} (it produced {sorted(produced)})")
+        return None
+    return produced[kind]
+
+
+def _header(path: str, kind: str, field_: str, ctx: CheckContext):
+    """The model config in a checkpoint's header (None when the path is a step of this pipeline,
+    not yet produced, or wrong)."""
+    if STEP_REF.match(path):
+        if external_run(path) is None:
+            return None
+        path = _other_pipelines_output(path, kind, field_, ctx)
+        if path is None:
+            return None
     if "://" in path and not ctx.workspace.exists(path):
         ctx.problems.append(f"{field_}: {path} does not exist")
         return None

@@ -16,6 +16,8 @@ from sar_platform.services.tracking import RunHandle
 
 def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
     handle = session.open_run(run_name, job, parent)
+    # Other pipelines' steps (their outputs were checked before the run started).
+    external = {target: session.outputs(run) for target, run in job.external_steps().items()}
     outputs: dict[str, dict] = {}
     for name, step in job.steps.items():
         step_run = f"{run_name}.{name}"
@@ -25,15 +27,16 @@ def run(job, session: Session, parent: RunHandle | None, run_name: str) -> dict:
             outputs[name] = done
             continue
         print(f"[sar] === step {name} ({step.kind}) ===", flush=True)
-        chosen = step.reference_tags(outputs)  # which checkpoint each step: reference took, and why
+        seen = {**external, **outputs}
+        chosen = step.reference_tags(seen)  # which checkpoint each step: reference took, and why
         for field, ref in step.step_references():
             print(f"[sar] {step_run}.{field}: {ref} is {chosen[f'sar.ref.{field}.chosen']}", flush=True)
         step_session = dataclasses.replace(session, run_tags={**session.run_tags, **chosen})
-        outputs[name] = step_session.run(step.resolve(outputs), handle, step_run)
+        outputs[name] = step_session.run(step.resolve(seen), handle, step_run)
 
     result = {"kind": job.kind, "steps": outputs, "mlflow_run_id": handle.run_id}
     if job.compare:
-        comparison = Comparison([arm for name in job.compare for arm in step_arms(name, job.steps[name].resolve(outputs),
+        comparison = Comparison([arm for name in job.compare for arm in step_arms(name, job.steps[name].resolve({**external, **outputs}),
                                                                                   outputs[name])], job.baseline, job.pairs)
         print(f"\n[sar] comparison:\n{comparison.render()}\n", flush=True)
         result.update(comparison.log(handle))

@@ -12,9 +12,18 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-STEP_REF = re.compile(r"^step:([A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(best|last))?$")
+STEP_REF = re.compile(r"^step:((?:[A-Za-z0-9][A-Za-z0-9_.-]*/)?[A-Za-z0-9][A-Za-z0-9_.-]*)(?:@(best|last))?$")
 """`step:<name>` (the step's last checkpoint), `step:<name>@last` (the same, said explicitly) or
-`step:<name>@best` (the checkpoint its selection rule, `eval.select`, chose)."""
+`step:<name>@best` (the checkpoint its selection rule, `eval.select`, chose). `step:<pipeline>/<name>`
+names a step of another pipeline that finished in the same workspace (several pipelines continue one
+base without training it again)."""
+
+
+def external_run(ref: str) -> str | None:
+    """The run name (`<pipeline>.<step>`) of a reference to another pipeline's step; None for a
+    reference to a step of the same pipeline."""
+    target = STEP_REF.match(ref).group(1)
+    return target.replace("/", ".", 1) if "/" in target else None
 
 
 def step_output(outputs: dict[str, dict], ref: str) -> dict:

@@ -19,7 +19,7 @@ from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
 from sar_core.tokenizer import TokenizerConfig
-from sar_platform.spec.common import STEP_REF, FieldPath, JobCommon, Name, PathOrURI, Seed, StrictModel, Unread, prefixed
+from sar_platform.spec.common import STEP_REF, FieldPath, external_run, JobCommon, Name, PathOrURI, Seed, StrictModel, Unread, prefixed
 from sar_platform.spec.overrides import check_sweep, trial_job
 from sar_platform.spec.selection import SelectSpec
 from sar_platform.spec.train import CheckpointSpec, LogSpec, Objective, OptimSpec, ProbeSpec, ScheduleSpec, ScoringSampling
@@ -409,7 +409,8 @@ class PipelineJob(JobCommon):
     kind: Literal["pipeline"]
     steps: dict[Name, Step]
     """Named steps, run in order; `step:<name>` in a later step uses that step's output (its last
-    checkpoint; `step:<name>@best`: the one its eval.select rule chose; `@last`: the last, explicitly)."""
+    checkpoint; `step:<name>@best`: the one its eval.select rule chose; `@last`: the last, explicitly);
+    `step:<pipeline>/<name>[@best|@last]` a step of another pipeline finished in the same workspace."""
     compare: list[Name] = []
     """Steps whose final metrics (FID, IS, precision, recall) are tabulated at the end, with their
     uncertainty (a sweep step with `seeds` is one arm per configuration, across its seeds)."""
@@ -464,6 +465,8 @@ class PipelineJob(JobCommon):
         for name, step in self.steps.items():
             for field, ref in step.step_references():
                 target, which = STEP_REF.match(ref).groups()
+                if external_run(ref) is not None:  # another pipeline's: checked against the workspace before the run
+                    continue
                 if target not in seen:
                     raise ValueError(f"steps.{name}.{field}: {ref} does not name an earlier step (earlier: {seen or 'none'})")
                 if which == "best" and getattr(getattr(self.steps[target], "eval", None), "select", None) is None:
@@ -482,6 +485,11 @@ class PipelineJob(JobCommon):
 
     def run_names(self, prefix: str = "") -> list[str]:
         return [n for step in self.steps.values() for n in step.run_names(f"{prefix}{self.name}.")]
+
+    def external_steps(self) -> dict[str, str]:
+        """`<pipeline>/<name>` -> run name of every other pipeline's step a step refers to."""
+        return {STEP_REF.match(ref).group(1): run for step in self.steps.values()
+                for _, ref in step.step_references() if (run := external_run(ref)) is not None}
 
     def inner_jobs(self) -> list[tuple[str, JobCommon]]:
         return [(f"steps.{name}.", step) for name, step in self.steps.items()]
