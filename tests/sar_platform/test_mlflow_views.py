@@ -25,7 +25,8 @@ from tests.support.specs import write_spec
 
 SAR = [sys.executable, "-m", "sar_platform.cli"]
 CHROMIUM = "/usr/bin/chromium"
-INFRASTRUCTURE = ("resources.", "storage.", "mlflow.", "max_failures", "tokenizer", "init_from")
+INFRASTRUCTURE = ("resources.", "storage.", "mlflow.", "max_failures", "checkpoint.", "log.", "tokenizer", "init_from",
+                  "name", "description")
 
 
 @pytest.fixture(scope="module")

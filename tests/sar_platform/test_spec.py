@@ -16,7 +16,7 @@ from tests.support.specs import pipeline_spec, spec_problems, sweep_spec, train_
 TRAIN = train_spec()
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted((REPO / "jobs").rglob("*.yaml")), ids=lambda p: str(p.relative_to(REPO / "jobs")))
 def test_every_shipped_job_validates(path):
     job = load_job(path)
     assert job.name
