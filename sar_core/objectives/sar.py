@@ -14,6 +14,7 @@ from sar_core.objectives.batch import ObjectiveOutput, StepInputs
 from sar_core.objectives.csfl import csfl_loss, csfl_targets, graded_scales
 from sar_core.objectives.metrics import log_probs, per_scale_entries
 from sar_core.objectives.rollout import stagger_scale_rollout
+from sar_core.objectives.teacher_forcing import TF_NLL, teacher_forced_nll
 from sar_core.schedule import ScaleSchedule
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ def sar_step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
     teacher = s.model(label_B, s.x_tf_BlCv, schedule)
     teacher_logp = log_probs(teacher)  # once, for L_TF and the soft CSFL target
     loss_tf, metrics = objective.ground_truth_loss("tf", teacher, batch, teacher_logp)
+    metrics[TF_NLL] = teacher_forced_nll(s, teacher)
     n = math.ceil(cfg.student_fraction * label_B.shape[0])  # the student rows: a cost knob
     graded = graded_scales(cfg.csfl_scales, len(schedule), s.rng)
     ssr = stagger_scale_rollout(s.model, label_B[:n], teacher[:n], s.x_tf_BlCv[:n], schedule, graded, objective.draw,

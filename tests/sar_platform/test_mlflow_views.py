@@ -112,7 +112,7 @@ def test_a_comparison_parent_states_its_verdicts_tables_and_headline_numbers(com
     (verdict,) = comparison.verdicts()
     assert description.startswith("pipeline of 2 steps\n\n- sar vs tf: FID 25.12 vs 30.00") and verdict in description
     assert "| arm | n | fid" in description and "| sar - tf" in description
-    assert "Lower is better: fid" in description and "`loss/tf`" in description
+    assert "Lower is better: fid" in description and "`loss/tf_nll`" in description
     metrics = run.data.metrics
     assert metrics["headline/sar-tf/fid_diff"] == -4.88 and metrics["diff/sar-tf/fid_diff"] == pytest.approx(-4.8766)
     assert metrics["headline/sar-tf/fid_ci95"] == 1.26 and 0 <= metrics["headline/sar-tf/fid_p_holm"] < 0.05

@@ -62,9 +62,9 @@ GAUGES_NOTE = ("(train-test gaps on the probe over scales 2..N, each context min
                "cal/gap: the same after one fitted temperature per run; cal/acc_gap: top-1 agreement lost)")
 CONTINUATION_NOTE = ("(FID of images whose first k scales are real images' tokens and the rest the model's own: "
                      "k0 is plain generation; how errors accumulate scale by scale)")
-LOSS_NOTE = ("Training curves: chart `loss/tf` to compare arms (every kind that grades teacher-forced inputs logs it); "
-             "`loss/total` of SAR adds γ·L_CSF, and `diag/tf/loss` is the teacher-forced loss on the shared probe for "
-             "every kind with diagnostics.")
+LOSS_NOTE = ("Training curves: chart `loss/tf_nll` to compare arms (the training batch's teacher-forced cross-entropy "
+             "per token, one formula for every kind); `loss/total` of SAR adds γ·L_CSF and each kind weights scales its "
+             "own way, and `diag/tf/loss` is the teacher-forced loss on the shared probe for every kind with diagnostics.")
 
 NOT_SETTINGS = ("name", "description", "tokenizer", "init_from", "kind", "storage.", "mlflow.", "log.", "checkpoint.")
 """Params that say where a run lives or what it logs, not what it trains: left out of "settings that differ"."""

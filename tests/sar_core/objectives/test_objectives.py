@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from sar_core.objectives import OBJECTIVE_KINDS, ObjectiveConfig, build_objective
+from sar_core.objectives.batch import StepInputs
+from sar_core.objectives.teacher_forcing import TF_NLL, teacher_forced_nll
 from sar_core.schedule import ScaleSchedule, ScheduleDraw
 from sar_core.token_sampling import SamplingConfig
 
@@ -122,3 +124,25 @@ def test_a_wrapped_model_under_bf16_autocast_gives_a_float32_loss(generator_mode
     assert wrapped.calls[0].logits.dtype == torch.bfloat16
     assert out.loss.dtype == torch.float32 and torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in generator_model.parameters() if p.grad is not None)
+
+
+def test_every_kind_reports_the_same_teacher_forced_nll_for_the_same_model_and_batch(generator_model, batch):
+    # The curve arms compare on: one formula whatever the kind trains on (eval mode: no drop-path draws).
+    generator_model.eval()
+    configs = [ObjectiveConfig(kind=k, hybrid_scale=3) for k in KINDS] + [ObjectiveConfig.from_preset("paper")]
+    nll = {c.kind + c.preset: build_objective(c)(generator_model, batch, 1, torch.Generator().manual_seed(0)).metrics[TF_NLL]
+           for c in configs}
+    assert len(nll) == len(configs) and max(nll.values()) - min(nll.values()) < 1e-5, nll
+    tf = build_objective(ObjectiveConfig(kind="tf"))(generator_model, batch, 1, torch.Generator().manual_seed(0))
+    assert abs(tf.metrics[TF_NLL] - tf.metrics["loss/tf"]) < 1e-5  # token weighting is the mean over tokens
+
+
+def test_measuring_the_teacher_forced_nll_draws_nothing_from_the_training_rng(generator_model, batch):
+    generator_model.train()  # drop path draws from the global RNG in a plain pass
+    label_B = generator_model.drop_labels(batch.labels, torch.Generator().manual_seed(0))
+    inputs = StepInputs(generator_model, batch, 1, None, label_B, generator_model.scale_inputs(batch.tokens, batch.schedule))
+    before = torch.get_rng_state()
+    teacher_forced_nll(inputs)
+    assert torch.equal(torch.get_rng_state(), before)
+    generator_model(label_B, inputs.x_tf_BlCv, batch.schedule)
+    assert not torch.equal(torch.get_rng_state(), before)  # what the measurement's own pass would have done

@@ -158,7 +158,7 @@ def test_a_train_run_carries_params_curves_metrics_tags_and_artifacts(pipeline):
     params, metrics, tags = sar.data.params, sar.data.metrics, sar.data.tags
     assert params["objective.kind"] == "sar" and params["objective.csfl_target"] == "teacher_soft"
     assert params["optim.lr"] == "0.001" and params["schedule.scales"] == "[1, 2, 3, 5, 7]"
-    assert {"loss/total", "loss/tf", "loss/csf", "lr", "steps_per_s", "fid", "is", "precision", "recall"} <= set(metrics)
+    assert {"loss/total", "loss/tf", "loss/tf_nll", "loss/csf", "lr", "steps_per_s", "fid", "is", "precision", "recall"} <= set(metrics)
     assert {"diag/gap/sf", "diag/tf/loss/s07", "diag/sf/loss/s07", "diag/kl/s07"} <= set(metrics)
     assert [m.step for m in client.get_metric_history(sar.info.run_id, "loss/total")] == [8, 10]
     assert tags["sar.spec_name"] == "sar" and tags["sar.git_commit"] and tags["sar.checkpoint"].endswith("checkpoint_00000004")
