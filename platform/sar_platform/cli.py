@@ -49,27 +49,35 @@ def _load(paths):
     return [job for job, _ in _load_located(paths)]
 
 
-def build_validate(args) -> tuple:
-    return tuple(zip(args.specs, _load(args.specs)))
+@dataclass(frozen=True)
+class ValidateRequest:
+    specs: tuple[str, ...]
+    loaded: tuple = field(compare=False)  # (job, locator) of each spec
+    skip_remote: bool = False
+
+
+def build_validate(args) -> ValidateRequest:
+    return ValidateRequest(tuple(args.specs), tuple(_load_located(args.specs)), args.skip_remote)
 
 
 def cmd_validate(args) -> int:
-    """The spec, then what it needs on disk (checkpoints, data, data sizes): what `sar run` checks
-    before it starts anything."""
-    loaded = _load_located(args.specs)
+    """The spec, then what it needs on disk and on S3 (checkpoints, data, data sizes): what `sar run`
+    checks before it starts anything."""
+    r = build_validate(args)
     from sar_platform.kinds import check_inputs  # the checks' modules load after the specs proved valid
     from sar_platform.services.storage import Workspace
     from sar_platform.spec import SpecError
 
     status = 0
-    for path, (job, locator) in zip(args.specs, loaded):
+    for path, (job, locator) in zip(r.specs, r.loaded):
         try:
-            check_inputs(job, Workspace.of(job.storage), locator)
+            skipped = check_inputs(job, Workspace.of(job.storage), locator, skip_remote=r.skip_remote)
         except SpecError as e:
             print(str(e), file=sys.stderr)
             status = EXIT_SPEC_ERROR
             continue
-        print(f"ok: {path} ({job.kind} '{job.name}')")
+        unchecked = f"; not checked (--skip-remote): {', '.join(skipped)}" if skipped else ""
+        print(f"ok: {path} ({job.kind} '{job.name}'{unchecked})")
     return status
 
 
@@ -434,6 +442,8 @@ def cmd_data(args) -> int:
 def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check job specs (exit 2 with file:line:col errors)")
     p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--skip-remote", action="store_true",
+                   help="leave s3:// checkpoints unchecked (a machine without S3 access); everything else is checked")
     p.set_defaults(func=cmd_validate, build=build_validate)
 
 
@@ -594,9 +604,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sar {args.command}: {e}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     except Exception as e:
-        if not is_checkpoint_error(e):
+        if is_checkpoint_error(e):
+            print(f"sar {args.command}: refused: {e}", file=sys.stderr)
+        elif is_unreachable_storage(e):
+            print(f"sar {args.command}: {e}; check the network, the S3 endpoint and credentials", file=sys.stderr)
+        else:
             raise
-        print(f"sar {args.command}: refused: {e}", file=sys.stderr)
         return EXIT_SPEC_ERROR
 
 
@@ -605,6 +618,12 @@ def is_checkpoint_error(error: Exception) -> bool:
     whichever command read it. (sar_core is imported only by the commands that read checkpoints.)"""
     checkpoint = sys.modules.get("sar_core.checkpoint")
     return checkpoint is not None and isinstance(error, checkpoint.CheckpointError)
+
+
+def is_unreachable_storage(error: Exception) -> bool:
+    """An S3 location a command needed and could not reach: reported, never a traceback."""
+    storage = sys.modules.get("sar_platform.services.storage")
+    return storage is not None and isinstance(error, storage.StorageUnreachable)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sar_core.checkpoint import CheckpointError, read_header
 from sar_core.data.dataset import DataDamagedError
-from sar_platform.services.storage import Workspace
+from sar_platform.services.storage import StorageUnreachable, Workspace
 from sar_platform.spec.common import STEP_REF
 
 
@@ -24,19 +24,30 @@ class CheckContext:
     problems: list[str] = field(default_factory=list)
     """`<field path>: <what is wrong>` each (the path locates the problem in the spec file)."""
     tokenizers: dict = field(default_factory=dict)
+    skip_remote: bool = False
+    """Leave s3:// inputs unchecked (`sar validate --skip-remote`, for a machine without S3 access)."""
+    skipped: list[str] = field(default_factory=list)
+    """The fields left unchecked because they are remote and `skip_remote` is set."""
 
 
 def _header(path: str, kind: str, field_: str, ctx: CheckContext):
     """The model config in a checkpoint's header (None when the path is a step reference or wrong)."""
     if STEP_REF.match(path):
         return None
-    if "://" in path and not ctx.workspace.exists(path):
-        ctx.problems.append(f"{field_}: {path} does not exist")
+    if "://" in path and ctx.skip_remote:
+        ctx.skipped.append(field_)
         return None
     try:
+        if "://" in path and not ctx.workspace.exists(path):
+            ctx.problems.append(f"{field_}: {path} does not exist")
+            return None
         found, config, _ = read_header(ctx.workspace.local_copy(path))
     except CheckpointError as e:
         ctx.problems.append(f"{field_}: {e}")
+        return None
+    except StorageUnreachable as e:
+        ctx.problems.append(f"{field_}: {e}; check the network, the endpoint and the S3 credentials, or check "
+                            "everything else with `sar validate --skip-remote`")
         return None
     if found != kind:
         ctx.problems.append(f"{field_}: {path} holds a {found}, not a {kind}")
