@@ -100,6 +100,7 @@ class RunRequest:
     resume: bool
     num_cpus: int | None
     locator: Any = field(compare=False)  # where each field is written, for checks made later
+    wait_for_nodes_s: float | None = None
 
 
 SUBMITTED_SPEC_ENV = "SAR_SUBMITTED_SPEC"
@@ -118,7 +119,16 @@ def build_run(args) -> RunRequest:
         raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and args.address:
         raise UsageError("--num-cpus sizes the embedded Ray; it is not read with --address (the cluster has its own)")
-    return RunRequest(job, text or read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator)
+    if args.wait_for_nodes is not None and not args.address:
+        raise UsageError("--wait-for-nodes waits for a cluster's nodes; it is read with --address only")
+    return RunRequest(job, text or read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator,
+                      _wait_for_nodes(args))
+
+
+def _wait_for_nodes(args) -> float | None:
+    if args.wait_for_nodes is not None and args.wait_for_nodes < 0:
+        raise UsageError(f"--wait-for-nodes must be 0 or more seconds, got {args.wait_for_nodes:g}")
+    return args.wait_for_nodes
 
 
 def cmd_run(args) -> int:
@@ -129,7 +139,7 @@ def cmd_run(args) -> int:
 
     try:
         run_job(request.job, spec_text=request.spec_text, address=request.address, resume=request.resume,
-                num_cpus=request.num_cpus, locator=request.locator)
+                num_cpus=request.num_cpus, locator=request.locator, wait_for_nodes_s=request.wait_for_nodes_s)
     except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
         print(str(e), file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -162,18 +172,21 @@ class SubmitRequest:
     resume: bool
     wait: bool
     shared: tuple[str, ...]
+    wait_for_nodes_s: float | None = None
 
 
 def build_submit(args) -> SubmitRequest:
     (job,) = _load([args.spec])
-    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()))
+    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()),
+                         _wait_for_nodes(args))
 
 
 def cmd_submit(args) -> int:
     r = build_submit(args)
     from sar_platform.driver.submit import submit_job
 
-    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared)))
+    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared),
+                                               wait_for_nodes_s=r.wait_for_nodes_s))
 
 
 @dataclass(frozen=True)
@@ -460,7 +473,14 @@ def add_run(sub) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--submitted", action="store_true",
                    help=f"the spec's text is in ${SUBMITTED_SPEC_ENV}, SPEC names its file (how `sar submit` runs a job)")
+    add_wait_for_nodes(p)
     p.set_defaults(func=cmd_run, build=build_run)
+
+
+def add_wait_for_nodes(p) -> None:
+    p.add_argument("--wait-for-nodes", type=float, metavar="SECONDS",
+                   help="on a cluster whose node types can hold the job but whose nodes are not all up yet, ask the "
+                        "autoscaler for them and wait this long (default: 1800)")
 
 
 def add_address(p) -> None:
@@ -477,6 +497,7 @@ def add_submit(sub) -> None:
     p.add_argument("--shared-path", action="append", metavar="PREFIX",
                    help="a file system every node mounts at this same path (e.g. /mnt/fsx); local paths of the spec "
                         "must lie under one (repeatable; also $SAR_SHARED_PATHS)")
+    add_wait_for_nodes(p)
     p.set_defaults(func=cmd_submit, build=build_submit)
 
 

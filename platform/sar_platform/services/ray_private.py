@@ -8,6 +8,8 @@ release, naming what to recheck here, before anything that uses them runs.
   (keeps the embedded Ray on 127.0.0.1; see driver/embedded_ray.py).
 - `driver_node_pids`: `ray._private.worker._global_node.all_processes` (process type -> list of
   ProcessInfo with a `.process` Popen), the processes `ray.init` started in this driver.
+- `autoscaler_node_groups`: `ray._private.state.state.get_cluster_config()`, the node groups an
+  autoscaler reports to the GCS (absent on clusters without one, and from Ray 2.60's own autoscaler).
 - `checkpoint_manager_state_json`: Ray Train V2's `_CheckpointManagerState`, the schema of
   `checkpoint_manager_snapshot.json` (see driver/run_checkpoints.py).
 
@@ -46,3 +48,15 @@ def checkpoint_manager_state_json(state: dict) -> str:
 
     schema = importlib.import_module(CHECKPOINT_STATE_MODULE)._CheckpointManagerState
     return schema.parse_obj(state).json()
+
+
+def autoscaler_node_groups() -> list[dict] | None:
+    """The node groups the cluster's autoscaler reported to the GCS, as dicts of name, resources,
+    min_count and max_count (-1: no maximum); None when none were reported. Needs `ray.init`."""
+    import ray._private.state as ray_state
+
+    config = ray_state.state.get_cluster_config()
+    if config is None or not config.node_group_configs:
+        return None
+    return [{"name": g.name, "resources": {k: float(v) for k, v in g.resources.items()},
+             "min_count": int(g.min_count), "max_count": int(g.max_count)} for g in config.node_group_configs]
