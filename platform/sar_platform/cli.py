@@ -241,6 +241,11 @@ def _workspace_server(workspace: str | None, port: int | None, stop: bool = Fals
 
 
 def build_ui(args) -> UiRequest:
+    if args.address:
+        if args.spec or args.workspace is not None or args.port is not None or args.stop:
+            raise UsageError("--address browses a server that runs already (a cluster's, through its tunnel); "
+                             "SPEC, --workspace, --port and --stop are not read with it")
+        return UiRequest(None, 0, False, args.address.rstrip("/"))
     if args.spec:
         if args.workspace is not None or args.port is not None:
             raise UsageError("give SPEC or --workspace / --port, not both: SPEC names its own storage and port")
@@ -254,20 +259,42 @@ def cmd_ui(args) -> int:
 
     r = build_ui(args)
     if r.tracking_uri:
-        print(f"this spec tracks to {r.tracking_uri}; open that server's UI")
-        return 0
+        if r.stop:
+            print(f"this spec tracks to {r.tracking_uri}, a server sar does not run; nothing to stop")
+            return 0
+        if not _answers(r.tracking_uri):
+            print(f"sar ui: no MLflow server answers at {r.tracking_uri} from this machine: forward the cluster's server "
+                  "here first (`ray attach CLUSTER.yaml -p 5000`, or `kubectl port-forward svc/sar-platform-mlflow "
+                  "5000:5000`), then `sar ui --address http://127.0.0.1:5000`", file=sys.stderr)
+            return EXIT_SPEC_ERROR
+        return _show_server(r.tracking_uri)
     if r.stop:
         print("stopped" if stop_server(r.root) else "no server was running")
         return 0
-    info = ensure_server(r.root, r.port)
+    return _show_server(ensure_server(r.root, r.port).uri)
+
+
+def _answers(uri: str) -> bool:
+    """Whether an MLflow server answers its health check at `uri` within a few seconds."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=5) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _show_server(uri: str) -> int:
+    """The server's experiments (runs tables) and every comparison's headline with its run's link."""
     from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline
     from sar_platform.services.tracking import runs_url
 
-    server = _server(info.uri)
+    server = _server(uri)
     experiments = server.client.search_experiments()
-    print(f"MLflow UI: {info.uri}")
+    print(f"MLflow UI: {uri}")
     for experiment in experiments:
-        print(f"  {experiment.name}: {runs_url(info.uri, experiment.experiment_id)}")
+        print(f"  {experiment.name}: {runs_url(uri, experiment.experiment_id)}")
     for run in server.compared([e.experiment_id for e in experiments]) if experiments else []:
         print(f"\n{run.info.run_name}: {server.url(run)}")
         try:
@@ -530,6 +557,9 @@ def add_ui(sub) -> None:
     p.add_argument("--workspace", help="the workspace folder (default: ./workspace)")
     p.add_argument("--port", type=int, help="port of a server started now (default: 5055)")
     p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
+    p.add_argument("--address", metavar="URL",
+                   help="browse a running MLflow server instead: a cluster's, as this machine reaches it through the "
+                        "SSH tunnel or port-forward (e.g. http://127.0.0.1:5000)")
     p.set_defaults(func=cmd_ui, build=build_ui)
 
 

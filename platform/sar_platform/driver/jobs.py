@@ -58,8 +58,33 @@ def status_of(client, job_id: str) -> str:
 
 
 def run_urls(logs: str) -> list[str]:
-    """The MLflow runs a job's driver opened, as `NAME: URL`, from its logs."""
-    return [line.split(RUN_LINE, 1)[1].strip() for line in logs.splitlines() if RUN_LINE in line]
+    """The MLflow runs a job's driver opened, as `NAME: URL` (the URL as this machine opens it,
+    `local_link`), from its logs."""
+    found = [line.split(RUN_LINE, 1)[1].strip() for line in logs.splitlines() if RUN_LINE in line]
+    return [f"{name}: {local_link(url)}" for name, _, url in (r.partition(": ") for r in found)]
+
+
+MLFLOW_URL_ENV = "SAR_MLFLOW_URL"
+"""The cluster's MLflow server as this machine reaches it: the local end of the SSH tunnel or the
+port-forward (default: http://127.0.0.1 at the server's port)."""
+
+
+def local_link(url: str) -> str:
+    """A run's URL as the driver printed it (the head's private address, an in-cluster service name)
+    turned into one this machine opens: the same page on $SAR_MLFLOW_URL, or on 127.0.0.1 at the
+    server's port with the command that forwards it there."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or parts.hostname in ("127.0.0.1", "localhost"):
+        return url
+    port = parts.port or 5000
+    base = os.environ.get(MLFLOW_URL_ENV, "").rstrip("/")
+    page = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    if base:
+        return base + page
+    return (f"http://127.0.0.1:{port}{page} (forward the server here first: `ray attach CLUSTER.yaml -p {port}` or "
+            f"`kubectl port-forward svc/sar-platform-mlflow {port}:{port}`; inside the cluster: {url})")
 
 
 def follow(client, job_id: str, poll_s: float = 2.0, out=sys.stdout) -> str:
