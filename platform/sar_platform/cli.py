@@ -287,7 +287,7 @@ def _answers(uri: str) -> bool:
 
 def _show_server(uri: str) -> int:
     """The server's experiments (runs tables) and every comparison's headline with its run's link."""
-    from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline
+    from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline, measured_on, runs_under
     from sar_platform.services.tracking import runs_url
 
     server = _server(uri)
@@ -296,7 +296,7 @@ def _show_server(uri: str) -> int:
     for experiment in experiments:
         print(f"  {experiment.name}: {runs_url(uri, experiment.experiment_id)}")
     for run in server.compared([e.experiment_id for e in experiments]) if experiments else []:
-        print(f"\n{run.info.run_name}: {server.url(run)}")
+        print(f"\n{run.info.run_name}: {server.url(run)}\n  measured on: {measured_on(runs_under(server, run), run)}")
         try:
             print(comparison_text(headline(server, run)))
         except ReportError as e:
