@@ -46,8 +46,10 @@ if ! "$venv/bin/python" -c 'import sys, torch; v = tuple(int(p) for p in torch._
   pip_install $spec
 fi
 
-say "installing sar-platform$extras (editable)"
-pip_install -e "$repo$extras"
+say "installing sar-platform$extras (editable), at the versions of cluster/requirements.lock"
+# The lock pins what the cluster image runs; as constraints it fixes the same versions here and
+# leaves out what this machine does not need (the CUDA libraries of the CPU torch).
+pip_install -c "$repo/cluster/requirements.lock" -e "$repo$extras"
 
 fmnist_files=(train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz)
 has_fmnist() { for f in "${fmnist_files[@]}"; do [ -f "$1/$f" ] || return 1; done; }

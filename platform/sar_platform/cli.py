@@ -49,27 +49,35 @@ def _load(paths):
     return [job for job, _ in _load_located(paths)]
 
 
-def build_validate(args) -> tuple:
-    return tuple(zip(args.specs, _load(args.specs)))
+@dataclass(frozen=True)
+class ValidateRequest:
+    specs: tuple[str, ...]
+    loaded: tuple = field(compare=False)  # (job, locator) of each spec
+    skip_remote: bool = False
+
+
+def build_validate(args) -> ValidateRequest:
+    return ValidateRequest(tuple(args.specs), tuple(_load_located(args.specs)), args.skip_remote)
 
 
 def cmd_validate(args) -> int:
-    """The spec, then what it needs on disk (checkpoints, data, data sizes): what `sar run` checks
-    before it starts anything."""
-    loaded = _load_located(args.specs)
+    """The spec, then what it needs on disk and on S3 (checkpoints, data, data sizes): what `sar run`
+    checks before it starts anything."""
+    r = build_validate(args)
     from sar_platform.kinds import check_inputs  # the checks' modules load after the specs proved valid
     from sar_platform.services.storage import Workspace
     from sar_platform.spec import SpecError
 
     status = 0
-    for path, (job, locator) in zip(args.specs, loaded):
+    for path, (job, locator) in zip(r.specs, r.loaded):
         try:
-            check_inputs(job, Workspace.of(job.storage), locator)
+            skipped = check_inputs(job, Workspace.of(job.storage), locator, skip_remote=r.skip_remote)
         except SpecError as e:
             print(str(e), file=sys.stderr)
             status = EXIT_SPEC_ERROR
             continue
-        print(f"ok: {path} ({job.kind} '{job.name}')")
+        unchecked = f"; not checked (--skip-remote): {', '.join(skipped)}" if skipped else ""
+        print(f"ok: {path} ({job.kind} '{job.name}'{unchecked})")
     return status
 
 
@@ -92,6 +100,7 @@ class RunRequest:
     resume: bool
     num_cpus: int | None
     locator: Any = field(compare=False)  # where each field is written, for checks made later
+    wait_for_nodes_s: float | None = None
 
 
 SUBMITTED_SPEC_ENV = "SAR_SUBMITTED_SPEC"
@@ -110,7 +119,16 @@ def build_run(args) -> RunRequest:
         raise UsageError(f"--num-cpus must be at least 1, got {args.num_cpus}")
     if args.num_cpus is not None and args.address:
         raise UsageError("--num-cpus sizes the embedded Ray; it is not read with --address (the cluster has its own)")
-    return RunRequest(job, text or read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator)
+    if args.wait_for_nodes is not None and not args.address:
+        raise UsageError("--wait-for-nodes waits for a cluster's nodes; it is read with --address only")
+    return RunRequest(job, text or read_text(Path(args.spec)), args.address, args.resume, args.num_cpus, locator,
+                      _wait_for_nodes(args))
+
+
+def _wait_for_nodes(args) -> float | None:
+    if args.wait_for_nodes is not None and args.wait_for_nodes < 0:
+        raise UsageError(f"--wait-for-nodes must be 0 or more seconds, got {args.wait_for_nodes:g}")
+    return args.wait_for_nodes
 
 
 def cmd_run(args) -> int:
@@ -121,7 +139,7 @@ def cmd_run(args) -> int:
 
     try:
         run_job(request.job, spec_text=request.spec_text, address=request.address, resume=request.resume,
-                num_cpus=request.num_cpus, locator=request.locator)
+                num_cpus=request.num_cpus, locator=request.locator, wait_for_nodes_s=request.wait_for_nodes_s)
     except SpecError as e:  # found before any work started (existing runs, checkpoints, data, cluster)
         print(str(e), file=sys.stderr)
         return EXIT_SPEC_ERROR
@@ -154,18 +172,21 @@ class SubmitRequest:
     resume: bool
     wait: bool
     shared: tuple[str, ...]
+    wait_for_nodes_s: float | None = None
 
 
 def build_submit(args) -> SubmitRequest:
     (job,) = _load([args.spec])
-    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()))
+    return SubmitRequest(job, Path(args.spec), args.address, args.resume, not args.no_wait, tuple(args.shared_path or ()),
+                         _wait_for_nodes(args))
 
 
 def cmd_submit(args) -> int:
     r = build_submit(args)
     from sar_platform.driver.submit import submit_job
 
-    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared)))
+    return _cluster_command(lambda: submit_job(r.job, r.spec, r.address, resume=r.resume, wait=r.wait, shared=list(r.shared),
+                                               wait_for_nodes_s=r.wait_for_nodes_s))
 
 
 @dataclass(frozen=True)
@@ -220,6 +241,11 @@ def _workspace_server(workspace: str | None, port: int | None, stop: bool = Fals
 
 
 def build_ui(args) -> UiRequest:
+    if args.address:
+        if args.spec or args.workspace is not None or args.port is not None or args.stop:
+            raise UsageError("--address browses a server that runs already (a cluster's, through its tunnel); "
+                             "SPEC, --workspace, --port and --stop are not read with it")
+        return UiRequest(None, 0, False, args.address.rstrip("/"))
     if args.spec:
         if args.workspace is not None or args.port is not None:
             raise UsageError("give SPEC or --workspace / --port, not both: SPEC names its own storage and port")
@@ -233,22 +259,44 @@ def cmd_ui(args) -> int:
 
     r = build_ui(args)
     if r.tracking_uri:
-        print(f"this spec tracks to {r.tracking_uri}; open that server's UI")
-        return 0
+        if r.stop:
+            print(f"this spec tracks to {r.tracking_uri}, a server sar does not run; nothing to stop")
+            return 0
+        if not _answers(r.tracking_uri):
+            print(f"sar ui: no MLflow server answers at {r.tracking_uri} from this machine: forward the cluster's server "
+                  "here first (`ray attach CLUSTER.yaml -p 5000`, or `kubectl port-forward svc/sar-platform-mlflow "
+                  "5000:5000`), then `sar ui --address http://127.0.0.1:5000`", file=sys.stderr)
+            return EXIT_SPEC_ERROR
+        return _show_server(r.tracking_uri)
     if r.stop:
         print("stopped" if stop_server(r.root) else "no server was running")
         return 0
-    info = ensure_server(r.root, r.port)
-    from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline
+    return _show_server(ensure_server(r.root, r.port).uri)
+
+
+def _answers(uri: str) -> bool:
+    """Whether an MLflow server answers its health check at `uri` within a few seconds."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri}/health", timeout=5) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def _show_server(uri: str) -> int:
+    """The server's experiments (runs tables) and every comparison's headline with its run's link."""
+    from sar_platform.driver.comparison_pages import ReportError, comparison_text, headline, measured_on, runs_under
     from sar_platform.services.tracking import runs_url
 
-    server = _server(info.uri)
+    server = _server(uri)
     experiments = server.client.search_experiments()
-    print(f"MLflow UI: {info.uri}")
+    print(f"MLflow UI: {uri}")
     for experiment in experiments:
-        print(f"  {experiment.name}: {runs_url(info.uri, experiment.experiment_id)}")
+        print(f"  {experiment.name}: {runs_url(uri, experiment.experiment_id)}")
     for run in server.compared([e.experiment_id for e in experiments]) if experiments else []:
-        print(f"\n{run.info.run_name}: {server.url(run)}")
+        print(f"\n{run.info.run_name}: {server.url(run)}\n  measured on: {measured_on(runs_under(server, run), run)}")
         try:
             print(comparison_text(headline(server, run)))
         except ReportError as e:
@@ -434,6 +482,8 @@ def cmd_data(args) -> int:
 def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check job specs (exit 2 with file:line:col errors)")
     p.add_argument("specs", nargs="+", metavar="SPEC")
+    p.add_argument("--skip-remote", action="store_true",
+                   help="leave s3:// checkpoints unchecked (a machine without S3 access); everything else is checked")
     p.set_defaults(func=cmd_validate, build=build_validate)
 
 
@@ -450,7 +500,14 @@ def add_run(sub) -> None:
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--submitted", action="store_true",
                    help=f"the spec's text is in ${SUBMITTED_SPEC_ENV}, SPEC names its file (how `sar submit` runs a job)")
+    add_wait_for_nodes(p)
     p.set_defaults(func=cmd_run, build=build_run)
+
+
+def add_wait_for_nodes(p) -> None:
+    p.add_argument("--wait-for-nodes", type=float, metavar="SECONDS",
+                   help="on a cluster whose node types can hold the job but whose nodes are not all up yet, ask the "
+                        "autoscaler for them and wait this long (default: 1800)")
 
 
 def add_address(p) -> None:
@@ -467,6 +524,7 @@ def add_submit(sub) -> None:
     p.add_argument("--shared-path", action="append", metavar="PREFIX",
                    help="a file system every node mounts at this same path (e.g. /mnt/fsx); local paths of the spec "
                         "must lie under one (repeatable; also $SAR_SHARED_PATHS)")
+    add_wait_for_nodes(p)
     p.set_defaults(func=cmd_submit, build=build_submit)
 
 
@@ -499,6 +557,9 @@ def add_ui(sub) -> None:
     p.add_argument("--workspace", help="the workspace folder (default: ./workspace)")
     p.add_argument("--port", type=int, help="port of a server started now (default: 5055)")
     p.add_argument("--stop", action="store_true", help="stop the workspace's MLflow server")
+    p.add_argument("--address", metavar="URL",
+                   help="browse a running MLflow server instead: a cluster's, as this machine reaches it through the "
+                        "SSH tunnel or port-forward (e.g. http://127.0.0.1:5000)")
     p.set_defaults(func=cmd_ui, build=build_ui)
 
 
@@ -594,9 +655,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sar {args.command}: {e}", file=sys.stderr)
         return EXIT_SPEC_ERROR
     except Exception as e:
-        if not is_checkpoint_error(e):
+        if is_checkpoint_error(e):
+            print(f"sar {args.command}: refused: {e}", file=sys.stderr)
+        elif is_unreachable_storage(e):
+            print(f"sar {args.command}: {e}; check the network, the S3 endpoint and credentials", file=sys.stderr)
+        else:
             raise
-        print(f"sar {args.command}: refused: {e}", file=sys.stderr)
         return EXIT_SPEC_ERROR
 
 
@@ -605,6 +669,12 @@ def is_checkpoint_error(error: Exception) -> bool:
     whichever command read it. (sar_core is imported only by the commands that read checkpoints.)"""
     checkpoint = sys.modules.get("sar_core.checkpoint")
     return checkpoint is not None and isinstance(error, checkpoint.CheckpointError)
+
+
+def is_unreachable_storage(error: Exception) -> bool:
+    """An S3 location a command needed and could not reach: reported, never a traceback."""
+    storage = sys.modules.get("sar_platform.services.storage")
+    return storage is not None and isinstance(error, storage.StorageUnreachable)
 
 
 if __name__ == "__main__":

@@ -49,13 +49,15 @@ def run_job(job, session: Session, parent: RunHandle | None, run_name: str) -> d
     return KINDS[job.kind].driver(job, session, parent, run_name)
 
 
-def check_inputs(job, workspace: Workspace, locator: Locator | None = None) -> None:
+def check_inputs(job, workspace: Workspace, locator: Locator | None = None, skip_remote: bool = False) -> list[str]:
     """Every kind's checks over the job and the jobs inside it; SpecError lists every problem, at
-    the spec location of the field it names when the `locator` of the job's file is given."""
-    context = CheckContext(workspace)
+    the spec location of the field it names when the `locator` of the job's file is given. Returns
+    the fields left unchecked (s3:// inputs, with `skip_remote`)."""
+    context = CheckContext(workspace, skip_remote=skip_remote)
     _check(job, context, "")
     if context.problems:
         raise SpecError([located(p, job, locator) for p in context.problems])
+    return context.skipped
 
 
 def located(problem: str, job, locator: Locator | None) -> str:

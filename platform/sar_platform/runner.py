@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sar_platform import kinds
-from sar_platform.driver import embedded_ray
+from sar_platform.driver import cluster_nodes, embedded_ray
 from sar_platform.driver.placement import placement_problems
 from sar_platform.driver.run_lock import hold_runs, in_use, live_holder
 from sar_platform.driver.session import Session
@@ -113,15 +113,22 @@ def alive_nodes() -> list[dict]:
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
 
 
-def check_cluster(job, workspace: Workspace, tracking_uri: str, embedded_mlflow: bool) -> None:
+def check_cluster(job, workspace: Workspace, tracking_uri: str, embedded_mlflow: bool,
+                  wait_for_nodes_s: float | None = None) -> None:
     """Right after connecting, before any MLflow run is opened: resources the cluster can never give
-    (driver/placement.py), and local storage or an embedded (loopback) MLflow server on a cluster
-    whose nodes are other machines."""
+    (driver/placement.py; on a cluster, waiting up to `wait_for_nodes_s` for nodes its node types
+    can still bring, driver/cluster_nodes.py), and local storage or an embedded (loopback) MLflow
+    server on a cluster whose nodes are other machines."""
     import ray
 
+    problems = placement_problems(job, alive_nodes())
+    if problems and wait_for_nodes_s is not None:
+        from ray.autoscaler.sdk import request_resources
+
+        problems = cluster_nodes.wait_for_nodes(job, problems, wait_for_nodes_s, alive_nodes, cluster_nodes.node_types(),
+                                                lambda bundles: request_resources(bundles=bundles))
     here = ray.util.get_node_ip_address()
     remote = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive") and n["NodeManagerAddress"] != here]
-    problems = placement_problems(job, alive_nodes())
     if remote and workspace.is_local:
         problems.append(f"storage.path {workspace.root} is a local folder but the cluster has other nodes ({remote[0]}): "
                         "use s3://... or a shared file system path")
@@ -144,18 +151,28 @@ def tracking_server(job, workspace: Workspace) -> tuple[str, bool]:
     return ensure_server(workspace.mlflow_root(), job.mlflow.port).uri, True
 
 
+DEFAULT_WAIT_FOR_NODES_S = 1800.0
+"""How long a job on a cluster (`--address`) waits for nodes its node types can bring: GPU
+instances take minutes to boot and join."""
+
+
 def run_job(job, spec_text: str = "", address: str | None = None, resume: bool = False,
-            num_cpus: int | None = None, locator: Locator | None = None) -> dict[str, Any]:
+            num_cpus: int | None = None, locator: Locator | None = None,
+            wait_for_nodes_s: float | None = None) -> dict[str, Any]:
+    """Run a job tree; on a cluster (`address`) wait up to `wait_for_nodes_s` (default
+    DEFAULT_WAIT_FOR_NODES_S) for nodes the cluster can still bring."""
+    if address and wait_for_nodes_s is None:
+        wait_for_nodes_s = DEFAULT_WAIT_FOR_NODES_S
     with sigterm_interrupts():
         workspace = Workspace.of(job.storage)
         preflight(job, workspace, resume, locator)
         with hold_runs([job.name, *job.run_names()], workspace):
             preflight(job, workspace, resume, locator)  # again: a run that finished while we waited
-            return _run_locked(job, workspace, spec_text, address, resume, num_cpus)
+            return _run_locked(job, workspace, spec_text, address, resume, num_cpus, wait_for_nodes_s)
 
 
 def _run_locked(job, workspace: Workspace, spec_text: str, address: str | None, resume: bool,
-                num_cpus: int | None) -> dict[str, Any]:
+                num_cpus: int | None, wait_for_nodes_s: float | None) -> dict[str, Any]:
     import ray
 
     tracking_uri, embedded_mlflow = tracking_server(job, workspace)
@@ -172,7 +189,7 @@ def _run_locked(job, workspace: Workspace, spec_text: str, address: str | None, 
             if started_ray:
                 reaper = connect_ray(address, num_cpus, env)
             with sigterm_interrupts():  # ray.init replaced the handler
-                check_cluster(job, workspace, tracking_uri, embedded_mlflow)
+                check_cluster(job, workspace, tracking_uri, embedded_mlflow, wait_for_nodes_s if address else None)
                 session = Session(workspace, tracker, resume, kinds.ENTRIES, spec_text)
                 outputs = session.run(job, parent=None, run_name=job.name)
     finally:

@@ -39,6 +39,7 @@ PREREQUISITES = {
     ("eval", "feature_network"): ["--inception-weights", "w.pth"],
     ("eval", "dataset"): ["--data-root", "folder"],
     ("eval", "selection_seed"): ["--cfg", "0.5,1.5"],
+    ("run", "wait_for_nodes"): ["--address", "127.0.0.1:6379"],
 }
 
 
@@ -105,7 +106,8 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
             checked.append(f"{command} {action.dest}")
     assert "eval seed" in checked and "run num_cpus" in checked and "run submitted" in checked and "ui port" in checked and "submit shared_path" in checked
     assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and "report tracking_uri" in checked
-    assert len(checked) >= 54
+    assert {"run wait_for_nodes", "submit wait_for_nodes", "validate skip_remote", "ui address"} <= set(checked)
+    assert len(checked) >= 58
 
 
 def test_eval_cfg_takes_one_weight_or_a_grid():
@@ -133,7 +135,10 @@ def test_the_eval_seed_seeds_the_metric_samples_and_the_sample_seed_the_generati
     (["eval", *CHECKPOINTS, "--cfg", "1,2", "--selection-seed", "0"], "selection_seed must be a seed >= 0 other than seed"),
     (["sample", *CHECKPOINTS, "--cfg", "1,2"], "sar sample draws at one guidance weight"),
     (["ui", "SPEC", "--port", "5056"], "give SPEC or --workspace / --port, not both"),
+    (["ui", "--address", "http://127.0.0.1:5000", "--stop"], "SPEC, --workspace, --port and --stop are not read with it"),
     (["run", "SPEC", "--address", "127.0.0.1:6379", "--num-cpus", "2"], "--num-cpus sizes the embedded Ray"),
+    (["run", "SPEC", "--wait-for-nodes", "60"], "--wait-for-nodes waits for a cluster's nodes; it is read with --address"),
+    (["submit", "SPEC", "--wait-for-nodes", "-1"], "--wait-for-nodes must be 0 or more seconds, got -1"),
     (["run", "SPEC", "--submitted"], "--submitted reads the spec from $SAR_SUBMITTED_SPEC, which is not set"),
     (["report", "SPEC", "--workspace", "ws"], "give a SPEC or --workspace / --port / --tracking-uri, not both"),
     (["report", "missing.yaml"], "missing.yaml: no such spec file"),

@@ -19,8 +19,9 @@ from sar_platform.driver.report import gap_figure
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server, stop_server
 from sar_platform.services.storage import Workspace
-from sar_platform.services.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker
+from sar_platform.services.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING, Tracker, environment_tags
 from sar_platform.spec import load_job
+from sar_platform.worker.loop import tag_environment
 from tests.support.specs import write_spec
 
 SAR = [sys.executable, "-m", "sar_platform.cli"]
@@ -52,6 +53,7 @@ def compared(workspace):
     parent, _ = tracker.open(f"{root}/study", "study", params={"kind": "pipeline"},
                              tags={"sar.summary": "pipeline of 2 steps"})
     child, _ = tracker.open(f"{root}/study.sar", "study.sar", parent=parent)
+    tag_environment(child, workers=2)  # as rank 0 of the workers that train it does
     figure = root.parent / "samples.png"
     gap_figure([{"arm": "sar", "context": "sf", "scale": 2, "gap": 0.1, "ci95": float("nan"), "n": 1}], figure)
     child.log_artifact(figure, "figures/step_0000002")  # an earlier evaluation's: not shown
@@ -102,6 +104,8 @@ def test_run_params_are_the_settings_and_the_architecture_and_infrastructure_is_
     assert tags["sar.infra.resources.num_workers"] == "2" and tags["sar.infra.max_failures"] == "3"
     assert tags["sar.infra.mlflow.experiment"] == "params" and tags["sar.input.init_from"] == str(checkpoint)
     assert "lower is better: fid" in tags["sar.better"] and "higher is better: is" in tags["sar.better"]
+    assert {f"sar.env.{k}" for k in ("torch", "ray", "mlflow", "cuda", "device", "devices_per_node", "cpu", "cpu_threads",
+                                     "torch_threads")} <= set(tags)  # what it ran on, as tags every run has
     environment = MlflowClient(uri).download_artifacts(handle.run_id, "environment.json", str(tmp_path))
     assert {"python", "torch", "ray", "mlflow", "git_commit"} <= set(json.loads(open(environment).read()))
 
@@ -126,6 +130,7 @@ def test_sar_ui_prints_each_comparison_with_the_link_to_its_run(compared, worksp
     assert out.returncode == 0, out.stderr
     assert f"study: {uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in out.stdout
     assert comparison.verdicts()[0] in out.stdout and "| arm | n | fid" in out.stdout and "| sar - tf" in out.stdout
+    assert f"measured on: 2 worker(s) on {environment_tags()['sar.env.device']}" in out.stdout  # the workers' node
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +154,7 @@ def test_sar_report_writes_one_self_contained_page_with_the_tables_and_figures(r
     assert 'src="http' not in text and "<script" not in text and "<link" not in text  # nothing loaded from elsewhere
     assert f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}" in text
     assert "<h2>recipe</h2>" in text and "<h2>environment</h2>" in text
+    assert "Measured on: 2 worker(s) on " in text and "<th>ran on</th>" in text
 
 
 @pytest.mark.skipif(not shutil.which(CHROMIUM), reason=f"{CHROMIUM} is absent (Debian: apt-get install -y chromium)")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from sar_core.checkpoint import CheckpointError, read_header
 from sar_core.data.dataset import DataDamagedError
-from sar_platform.services.storage import Workspace
+from sar_platform.services.storage import StorageUnreachable, Workspace
 from sar_platform.spec.common import STEP_REF, external_run, step_output
 
 
@@ -24,13 +24,22 @@ class CheckContext:
     problems: list[str] = field(default_factory=list)
     """`<field path>: <what is wrong>` each (the path locates the problem in the spec file)."""
     tokenizers: dict = field(default_factory=dict)
+    skip_remote: bool = False
+    """Leave s3:// inputs unchecked (`sar validate --skip-remote`, for a machine without S3 access)."""
+    skipped: list[str] = field(default_factory=list)
+    """The fields left unchecked because they are remote and `skip_remote` is set."""
 
 
 def _other_pipelines_output(ref: str, kind: str, field_: str, ctx: CheckContext) -> str | None:
     """The checkpoint a `step:<pipeline>/<name>` reference takes from this workspace (None, with the
     problem recorded, while that step has not finished or produced none)."""
     run = external_run(ref)
-    outputs = ctx.workspace.read_json(ctx.workspace.outputs_path(run))
+    try:
+        outputs = ctx.workspace.read_json(ctx.workspace.outputs_path(run))
+    except StorageUnreachable as e:
+        ctx.problems.append(f"{field_}: {ref}: cannot read the workspace ({e}); check the network, the endpoint "
+                            "and the S3 credentials")
+        return None
     if outputs is None:
         ctx.problems.append(f"{field_}: {ref}: run {run} has not finished in the workspace {ctx.workspace.root}; "
                             f"run the pipeline {run.split('.', 1)[0]} there first")
@@ -52,16 +61,26 @@ def _header(path: str, kind: str, field_: str, ctx: CheckContext):
     if STEP_REF.match(path):
         if external_run(path) is None:
             return None
+        if ctx.skip_remote and not ctx.workspace.is_local:
+            ctx.skipped.append(field_)
+            return None
         path = _other_pipelines_output(path, kind, field_, ctx)
         if path is None:
             return None
-    if "://" in path and not ctx.workspace.exists(path):
-        ctx.problems.append(f"{field_}: {path} does not exist")
+    if "://" in path and ctx.skip_remote:
+        ctx.skipped.append(field_)
         return None
     try:
+        if "://" in path and not ctx.workspace.exists(path):
+            ctx.problems.append(f"{field_}: {path} does not exist")
+            return None
         found, config, _ = read_header(ctx.workspace.local_copy(path))
     except CheckpointError as e:
         ctx.problems.append(f"{field_}: {e}")
+        return None
+    except StorageUnreachable as e:
+        ctx.problems.append(f"{field_}: {e}; check the network, the endpoint and the S3 credentials, or check "
+                            "everything else with `sar validate --skip-remote`")
         return None
     if found != kind:
         ctx.problems.append(f"{field_}: {path} holds a {found}, not a {kind}")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from sar_platform.driver.compare import COMPARED_TAG, HEADLINE_ARTIFACT
 from sar_platform.driver.report import comparison_table
-from sar_platform.services.tracking import DESCRIPTION_TAG, PARENT_TAG, RUN_KEY_TAG, RetryingClient, run_url
+from sar_platform.services.tracking import (DESCRIPTION_TAG, ENV_TAG, PARENT_TAG, RUN_KEY_TAG, RetryingClient, ran_on,
+                                             run_url)
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per artifact read is noise here
 
@@ -89,6 +90,13 @@ def runs_under(server: Server, run) -> list:
     for child in server.children(run):
         out += [child, *runs_under(server, child)]
     return out
+
+
+def measured_on(under: list, run) -> str:
+    """What the compared numbers were computed on: the first run under `run` tagged by its workers
+    (`sar.env.workers`), else the run's own `sar.env.*` tags."""
+    computed = next((r for r in under if f"{ENV_TAG}workers" in r.data.tags), run)
+    return ran_on(computed.data.tags)
 
 
 def top_level(server: Server, run):
@@ -163,6 +171,7 @@ def page(server: Server, run) -> str:
         if table["name"] == "arms":
             parts += ["<ul>", *(f"<li><b>{html.escape(a)}</b>: {html.escape(s)}</li>" for a, s in recorded["arms"].items()),
                       "</ul>"]
+    parts.append(f"<p class='note'>Measured on: {html.escape(measured_on(under, run))}.</p>")
     directions = recorded["directions"]
     parts += [f"<p>{html.escape(directions[:1].upper() + directions[1:])}.</p><p>{_code(recorded['loss_note'])}</p>",
               "<h2>figures</h2>", _figures_html(server, run)]
@@ -171,12 +180,13 @@ def page(server: Server, run) -> str:
             parts += [f"<h3>{html.escape(child.info.run_name)}</h3>", figures]
     parts += ["<h2>recipe</h2><pre>", html.escape(recipe), "</pre>", "<h2>environment</h2><table>",
               *(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in env.items()), "</table>",
-              "<h2>MLflow runs</h2><table><tr><th>run</th><th>status</th><th>what</th><th>link</th></tr>"]
+              "<h2>MLflow runs</h2><table><tr><th>run</th><th>status</th><th>what</th><th>ran on</th><th>link</th></tr>"]
     for r in (run, *under):
         what = r.data.tags.get("sar.summary", r.data.tags.get(DESCRIPTION_TAG, "")).splitlines()[:1]
         url = html.escape(server.url(r))
         parts.append(f"<tr><td>{html.escape(r.info.run_name)}</td><td>{html.escape(r.info.status)}</td>"
-                     f"<td>{html.escape(''.join(what))}</td><td><a href=\"{url}\">{url}</a></td></tr>")
+                     f"<td>{html.escape(''.join(what))}</td><td>{html.escape(ran_on(r.data.tags))}</td>"
+                     f"<td><a href=\"{url}\">{url}</a></td></tr>")
     parts.append("</table></body></html>")
     return "\n".join(parts)
 

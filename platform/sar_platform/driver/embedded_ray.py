@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from sar_platform.services import ray_private
 from sar_platform.services.mlflow_server import free_loopback_port
 
 LOOPBACK = "127.0.0.1"
@@ -37,10 +38,7 @@ def keep_on_loopback() -> None:
     """Make the Ray that this process starts a loopback-only, one-machine cluster. The variable is
     read when Ray is imported; an already imported Ray gets the same value set directly."""
     os.environ[SINGLE_MACHINE_ENV] = "0"
-    if "ray" in sys.modules:
-        import ray._private.ray_constants as ray_constants
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_private.disable_multi_node()
 
 
 def start(num_cpus: int | None, runtime_env: dict, **init_kwargs) -> subprocess.Popen:
@@ -72,10 +70,7 @@ def stop(reaper: subprocess.Popen | None) -> None:
 
 def ray_processes() -> list[int]:
     """The PIDs of the Ray processes this driver started, with their descendants (agents, workers)."""
-    import ray
-
-    node = ray._private.worker._global_node
-    roots = [info.process.pid for infos in node.all_processes.values() for info in infos if info.process is not None]
+    roots = ray_private.driver_node_pids()
     return sorted(set(roots) | {d for r in roots for d in descendants(r)})
 
 

@@ -11,6 +11,7 @@ Runs in the `sar` process (the submitter's machine).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from datetime import datetime
@@ -19,6 +20,8 @@ TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 RUN_LINE = "[sar] MLflow run "
 """The line a job's driver prints when it opens its top-level MLflow run: `[sar] MLflow run NAME: URL`."""
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+"""Ctrl-C while submitting or following: sar detaches, the job goes on."""
 
 AUTH_HELP = ("this cluster requires Ray's token: export RAY_AUTH_MODE=token and the cluster's token as "
              "RAY_AUTH_TOKEN (or a file named by RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token); "
@@ -55,22 +58,72 @@ def status_of(client, job_id: str) -> str:
 
 
 def run_urls(logs: str) -> list[str]:
-    """The MLflow runs a job's driver opened, as `NAME: URL`, from its logs."""
-    return [line.split(RUN_LINE, 1)[1].strip() for line in logs.splitlines() if RUN_LINE in line]
+    """The MLflow runs a job's driver opened, as `NAME: URL` (the URL as this machine opens it,
+    `local_link`), from its logs."""
+    found = [line.split(RUN_LINE, 1)[1].strip() for line in logs.splitlines() if RUN_LINE in line]
+    return [f"{name}: {local_link(url)}" for name, _, url in (r.partition(": ") for r in found)]
+
+
+MLFLOW_URL_ENV = "SAR_MLFLOW_URL"
+"""The cluster's MLflow server as this machine reaches it: the local end of the SSH tunnel or the
+port-forward (default: http://127.0.0.1 at the server's port)."""
+
+
+def local_link(url: str) -> str:
+    """A run's URL as the driver printed it (the head's private address, an in-cluster service name)
+    turned into one this machine opens: the same page on $SAR_MLFLOW_URL, or on 127.0.0.1 at the
+    server's port with the command that forwards it there."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or parts.hostname in ("127.0.0.1", "localhost"):
+        return url
+    port = parts.port or 5000
+    base = os.environ.get(MLFLOW_URL_ENV, "").rstrip("/")
+    page = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    if base:
+        return base + page
+    return (f"http://127.0.0.1:{port}{page} (forward the server here first: `ray attach CLUSTER.yaml -p {port}` or "
+            f"`kubectl port-forward svc/sar-platform-mlflow {port}:{port}`; inside the cluster: {url})")
 
 
 def follow(client, job_id: str, poll_s: float = 2.0, out=sys.stdout) -> str:
-    """Print the job's logs as they grow until it ends; returns its final status."""
-    seen = 0
+    """Stream the job's log as the driver writes it (Ray's tail_job_logs websocket) until the job
+    ends; returns its final status. A stream that breaks before the end goes on by polling from
+    where it stopped."""
+    import asyncio
+
+    status_of(client, job_id)  # an unknown id is reported as such before streaming
+    written = 0
+
+    async def stream() -> None:
+        nonlocal written
+        async for chunk in client.tail_job_logs(job_id):
+            out.write(chunk)
+            out.flush()
+            written += len(chunk)
+
+    try:
+        asyncio.run(stream())
+    except (RuntimeError, OSError) as e:  # the websocket closed early (a proxy, a restarted dashboard)
+        print(f"[sar] the log stream broke ({str(e).splitlines()[0] if str(e) else type(e).__name__}); polling", file=sys.stderr)
     while True:
         status = status_of(client, job_id)
         logs = client.get_job_logs(job_id)
-        out.write(logs[seen:])
+        out.write(logs[written:])
         out.flush()
-        seen = len(logs)
+        written = max(written, len(logs))
         if status in TERMINAL:
             return status
         time.sleep(poll_s)
+
+
+def detach_hint(job_id: str, address: str | None) -> str:
+    """What Ctrl-C while following prints: the job goes on, and how to follow or stop it."""
+    where = f" --address {address}" if address and address != os.environ.get("RAY_ADDRESS") else ""
+    return (f"[sar] detached: {job_id} goes on running on the cluster.\n"
+            f"[sar] follow it: sar jobs logs {job_id} -f{where}\n"
+            f"[sar] stop it:   sar jobs stop {job_id}{where}")
 
 
 def _time(ms: int | None) -> str:
@@ -109,7 +162,11 @@ def show_logs(address: str | None, job_id: str, follow_: bool) -> int:
         status_of(client, job_id)
         print(client.get_job_logs(job_id), end="")
         return 0
-    status = follow(client, job_id)
+    try:
+        status = follow(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\n{detach_hint(job_id, address)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     print(f"[sar] {job_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
 

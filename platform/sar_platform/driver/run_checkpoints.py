@@ -22,6 +22,7 @@ from typing import Iterator
 import pyarrow.fs as pafs
 
 from sar_core.checkpoint import MANIFEST_FILE, manifest_problems
+from sar_platform.services import ray_private
 from sar_platform.services.storage import Workspace
 
 SNAPSHOT = "checkpoint_manager_snapshot.json"
@@ -131,9 +132,7 @@ def _without(state: dict, names: set[str]) -> dict:
 
 
 def _write_snapshot(fs: pafs.FileSystem, run: str, state: dict) -> None:
-    from ray.train.v2._internal.execution.checkpoint.checkpoint_manager import _CheckpointManagerState
-
-    text = _CheckpointManagerState.parse_obj(state).json()  # Ray's own schema: refuses anything it would not load
+    text = ray_private.checkpoint_manager_state_json(state)  # Ray's own schema: refuses anything it would not load
     with fs.open_output_stream(f"{run}/{SNAPSHOT}.tmp") as f:
         f.write(text.encode())
     fs.move(f"{run}/{SNAPSHOT}.tmp", f"{run}/{SNAPSHOT}")

@@ -105,9 +105,9 @@ def shared_paths(given: list[str] | None) -> list[str]:
 
 
 def submit_job(job, spec_path: Path, address: str | None, resume: bool = False, wait: bool = True,
-               shared: list[str] | None = None) -> int:
-    """Check, submit and (with `wait`) follow the job; exit status 2 for what is refused."""
-    from sar_platform.cli import SUBMITTED_SPEC_ENV
+               shared: list[str] | None = None, wait_for_nodes_s: float | None = None) -> int:
+    """Check, submit and (with `wait`) follow the job; exit status 2 for what is refused, 130 when
+    Ctrl-C detaches (the job goes on on the cluster)."""
     from sar_platform.spec.loader import read_text
 
     text = read_text(spec_path)
@@ -120,19 +120,37 @@ def submit_job(job, spec_path: Path, address: str | None, resume: bool = False, 
             print(f"sar submit: {job.name}: {p}", file=sys.stderr)
         return jobs.EXIT_BAD_INPUT
     client = jobs.connect(address)
-    entrypoint = f"python -m sar_platform.cli run {shlex.quote(str(spec_path))} --submitted --address auto" + (
-        " --resume" if resume else "")
-    env = {"SAR_BASE_DIR": os.getcwd(), "SAR_RAY_JOB": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", SUBMITTED_SPEC_ENV: text}
     submission_id = f"sar-{job.name}-{uuid.uuid4().hex[:8]}"
-    client.submit_job(entrypoint=entrypoint, runtime_env=repository_runtime_env(env_vars=env, forward=False),
-                      submission_id=submission_id,
-                      metadata={"sar.spec": str(spec_path), "sar.job": job.name, "sar.kind": job.kind})
+    try:
+        send(client, job, spec_path, text, submission_id, resume, wait_for_nodes_s)
+    except KeyboardInterrupt:
+        print(f"\n[sar] interrupted while submitting {submission_id}: it may have reached the cluster; "
+              f"`sar jobs status {submission_id}` tells.\n{jobs.detach_hint(submission_id, address)}", file=sys.stderr)
+        return jobs.EXIT_INTERRUPTED
     print(f"[sar] submitted {submission_id} to {client.get_address()}\n"
           f"[sar] follow it: sar jobs logs {submission_id} --follow; stop it: sar jobs stop {submission_id}", flush=True)
     if not wait:
         return 0
-    status = jobs.follow(client, submission_id)
+    try:
+        status = jobs.follow(client, submission_id)
+    except KeyboardInterrupt:
+        print(f"\n{jobs.detach_hint(submission_id, address)}", file=sys.stderr)
+        return jobs.EXIT_INTERRUPTED
     for run in jobs.run_urls(client.get_job_logs(submission_id)):
         print(f"[sar] MLflow run {run}")
     print(f"[sar] {submission_id}: {status}")
     return 0 if status == "SUCCEEDED" else 1
+
+
+def send(client, job, spec_path: Path, text: str, submission_id: str, resume: bool, wait_for_nodes_s: float | None) -> None:
+    """Submit the job: the repository as working_dir, the spec text in the environment, the driver
+    `sar run --submitted` on the head."""
+    from sar_platform.cli import SUBMITTED_SPEC_ENV
+
+    entrypoint = f"python -m sar_platform.cli run {shlex.quote(str(spec_path))} --submitted --address auto"
+    entrypoint += " --resume" if resume else ""
+    entrypoint += f" --wait-for-nodes {wait_for_nodes_s:g}" if wait_for_nodes_s is not None else ""
+    env = {"SAR_BASE_DIR": os.getcwd(), "SAR_RAY_JOB": "1", "RAY_OVERRIDE_JOB_RUNTIME_ENV": "1", SUBMITTED_SPEC_ENV: text}
+    client.submit_job(entrypoint=entrypoint, runtime_env=repository_runtime_env(env_vars=env, forward=False),
+                      submission_id=submission_id,
+                      metadata={"sar.spec": str(spec_path), "sar.job": job.name, "sar.kind": job.kind})

@@ -12,6 +12,7 @@ Used by the driver (runs, outputs, shards) and by workers (checkpoints and shard
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,36 @@ RUNS = "runs"
 SHARDS = "shards"
 EVAL_ASSETS = "eval-assets"
 OUTPUTS = "outputs.json"
+
+
+class StorageUnreachable(OSError):
+    """A remote workspace or input that could not be reached (network, DNS, credentials, endpoint):
+    bad input to report by field, not a crash."""
+
+    def __init__(self, uri: str, error: OSError):
+        self.uri = uri
+        self.reason = " ".join(str(error).split())
+        super().__init__(f"{uri} cannot be reached ({self.reason})")
+
+
+def _reaching(method):
+    """Turn a failure to reach S3 inside `method` into StorageUnreachable naming the URI. A missing
+    object stays what it is (FileNotFoundError), and so does any error of a call that touches no
+    remote location."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        remote = next((a for a in args if isinstance(a, str) and "://" in a), None)
+        if remote is None and self.is_local:
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except (FileNotFoundError, StorageUnreachable):
+            raise
+        except OSError as e:
+            raise StorageUnreachable(remote or self.root, e) from e
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -81,10 +112,12 @@ class Workspace:
         fs, _ = self.filesystem()
         return fs, uri[len("s3://"):] if uri.startswith("s3://") else uri
 
+    @_reaching
     def exists(self, uri: str) -> bool:
         fs, p = self._fs_path(uri)
         return fs.get_file_info(p).type != pafs.FileType.NotFound
 
+    @_reaching
     def write_json(self, uri: str, data: Any) -> None:
         fs, p = self._fs_path(uri)
         fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
@@ -92,6 +125,7 @@ class Workspace:
             f.write(json.dumps(data, indent=2, default=str).encode())
         fs.move(p + ".tmp", p)
 
+    @_reaching
     def read_json(self, uri: str) -> Any | None:
         fs, p = self._fs_path(uri)
         if fs.get_file_info(p).type == pafs.FileType.NotFound:
@@ -99,6 +133,7 @@ class Workspace:
         with fs.open_input_stream(p) as f:
             return json.loads(f.read().decode())
 
+    @_reaching
     def upload(self, local: str | Path, uri: str) -> str:
         if self.is_local:
             return str(local)
@@ -106,6 +141,7 @@ class Workspace:
         pafs.copy_files(str(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
         return uri
 
+    @_reaching
     def local_copy(self, uri: str) -> Path:
         """A local file for `uri` (itself when local; else downloaded once into a cache)."""
         if "://" not in uri:
@@ -121,6 +157,7 @@ class Workspace:
     def _cache(self, uri: str) -> Path:
         return paths.storage_cache() / hashlib.sha256(uri.encode()).hexdigest()[:16]
 
+    @_reaching
     def local_folder(self, uri: str) -> Path:
         """A local copy of a workspace folder (itself when local; downloaded once otherwise)."""
         if "://" not in uri:
@@ -141,10 +178,12 @@ class Workspace:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @_reaching
     def upload_folder(self, local: str | Path, uri: str) -> None:
         fs, p = self._fs_path(uri)
         pafs.copy_files(str(local), p, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
 
+    @_reaching
     def eval_cache(self) -> Path | None:
         """The evaluation cache (metric classifiers, reference features) on this machine: None (the
         data cache) for a local workspace; for an s3:// one, a local mirror of eval-assets/ with
@@ -164,6 +203,7 @@ class Workspace:
         mirror.mkdir(parents=True, exist_ok=True)
         return mirror
 
+    @_reaching
     def save_eval_cache(self, mirror: Path | None) -> None:
         """Upload what was added to the local mirror of eval-assets/ (nothing for a local workspace)."""
         if mirror is None:

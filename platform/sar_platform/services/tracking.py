@@ -150,6 +150,53 @@ def environment() -> dict[str, str]:
     return env
 
 
+ENV_TAG = "sar.env."
+"""Prefix of the tags that say what a run ran on (software and hardware of the process computing it)."""
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def environment_tags(workers: int | None = None) -> dict[str, str]:
+    """`sar.env.*` tags for the software and hardware of this process: library versions, CUDA, the
+    accelerator's model and how many this node has, the CPU model, its threads and torch's. Set by
+    the driver when it opens a run, then by rank 0 of the workers that compute it (their node's)."""
+    import mlflow
+    import ray
+    import torch
+
+    cuda = torch.cuda.is_available()
+    tags = {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
+            "mlflow": mlflow.__version__, "cuda": torch.version.cuda or "none",
+            "device": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "devices_per_node": str(torch.cuda.device_count() if cuda else 0),
+            "cpu": cpu_model(), "cpu_threads": str(os.cpu_count() or 0), "torch_threads": str(torch.get_num_threads())}
+    if workers is not None:
+        tags["workers"] = str(workers)
+    return {ENV_TAG + k: v for k, v in tags.items()}
+
+
+def ran_on(tags: Mapping[str, str]) -> str:
+    """One line from a run's `sar.env.*` tags: `2 x NVIDIA A100 (8 per node), AMD EPYC 7763 (128 threads, torch 16), torch 2.13.0, CUDA 12.8`."""
+    get = lambda k: tags.get(ENV_TAG + k)  # noqa: E731
+    if get("torch") is None:
+        return "not recorded"
+    device = get("device") or "?"
+    if device != "cpu":
+        device += f" ({get('devices_per_node')} per node)"
+    workers = f"{get('workers')} worker(s) on " if get("workers") else ""
+    return (f"{workers}{device}, {get('cpu')} ({get('cpu_threads')} threads, torch {get('torch_threads')}), "
+            f"torch {get('torch')}, CUDA {get('cuda')}, Ray {get('ray')}")
+
+
 @dataclass(frozen=True)
 class RunHandle:
     """What a Ray worker needs to log into an existing run (picklable, no client state)."""
@@ -308,7 +355,7 @@ class Tracker:
             handle = RunHandle(self.uri, run_id, step_offset, self.server_root)
             self.opened.append(handle)
             return handle, False
-        all_tags = {RUN_KEY_TAG: run_key, "sar.git_commit": git_commit(), **(tags or {})}
+        all_tags = {RUN_KEY_TAG: run_key, "sar.git_commit": git_commit(), **environment_tags(), **(tags or {})}
         if parent is not None:
             all_tags[PARENT_TAG] = parent.run_id
         if description:

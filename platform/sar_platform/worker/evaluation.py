@@ -19,7 +19,7 @@ from sar_core.eval import EvalResult, FigureConfig, evaluate
 from sar_core.eval.figures import student_forcing_figure
 from sar_core.objectives import RolloutDraw, TokenBatch
 from sar_core.schedule import ScaleSchedule
-from sar_platform.services.tracking import RunHandle
+from sar_platform.services.tracking import RunHandle, environment_tags
 
 FIGURE_ROWS = 8
 """Probe images the student-forcing figure is drawn from (it shows the first)."""
@@ -92,7 +92,8 @@ def evaluate_generator(model, tokenizer, job, schedule: ScaleSchedule, out_dir: 
     (out_dir / "provenance.json").write_text(json.dumps({**record, "metrics": result.metrics}, indent=2))
     paths.append(out_dir / "provenance.json")
     if handle is not None:
-        handle.set_tags({f"sar.eval.{k}": v for k, v in record.items()})
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        handle.set_tags({**{f"sar.eval.{k}": v for k, v in record.items()}, **environment_tags(world)})
     return {**result.metrics, "eval/seconds": result.seconds}, paths
 
 

@@ -44,7 +44,7 @@ from sar_core.checkpoint import verify_checkpoint_folder, write_manifest
 from sar_core.eval import HEADLINE_METRICS
 from sar_platform.services.hold_points import hold
 from sar_platform.services.selection import CHECKPOINT_SCORE, SELECTION_FILE, BestStep
-from sar_platform.services.tracking import MetricOutbox, RunHandle
+from sar_platform.services.tracking import MetricOutbox, RunHandle, environment_tags
 from sar_platform.spec.selection import SelectSpec
 from sar_platform.spec.train import OptimSpec
 from sar_platform.worker.evaluation import artifact_folder
@@ -307,6 +307,16 @@ def evaluate(t: Training, done: int, final: bool, precision: str, handle: RunHan
     return metrics
 
 
+def tag_environment(handle: RunHandle | None, workers: int) -> None:
+    """The run's `sar.env.*` tags from the node that trains it (the driver's were the head's)."""
+    if handle is None:
+        return
+    try:
+        handle.set_tags(environment_tags(workers))
+    except Exception as e:  # noqa: BLE001 — tags that did not reach MLflow never stop training
+        print(f"could not tag the run's environment: {e}", flush=True)
+
+
 def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle | None) -> dict[str, float]:
     """Train, checkpointing every `checkpoint_every` steps and at the end (or where the selection
     rule stops training); then the final evaluation, after the final checkpoint (a failing
@@ -317,6 +327,7 @@ def run(task: Task, settings: LoopSettings, optim: OptimSpec, handle: RunHandle 
     t = setup(task, settings, optim, window, outbox)
     if outbox is not None:
         outbox.flush()  # what the checkpoint carried and the server did not get yet
+        tag_environment(handle, t.world)
     last: dict[str, float] = {"step": t.start}
     t_last, s_last = time.perf_counter(), t.start
     batches = task.batches(t.rank, t.world, t.start) if t.start < settings.steps else iter(())
