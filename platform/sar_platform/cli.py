@@ -103,11 +103,8 @@ class RunRequest:
     wait_for_nodes_s: float | None = None
 
 
-SUBMITTED_SPEC_ENV = "SAR_SUBMITTED_SPEC"
-"""Where `sar submit` puts the spec text it validated, for `sar run --submitted` on the cluster."""
-
-
 def build_run(args) -> RunRequest:
+    from sar_platform.driver.submit import SUBMITTED_SPEC_ENV
     from sar_platform.spec.loader import read_text
 
     if args.submitted and SUBMITTED_SPEC_ENV not in os.environ:
@@ -499,7 +496,7 @@ def add_run(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue a stopped run from its latest checkpoints")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray (default: all)")
     p.add_argument("--submitted", action="store_true",
-                   help=f"the spec's text is in ${SUBMITTED_SPEC_ENV}, SPEC names its file (how `sar submit` runs a job)")
+                   help="the spec's text is in $SAR_SUBMITTED_SPEC, SPEC names its file (how `sar submit` runs a job)")
     add_wait_for_nodes(p)
     p.set_defaults(func=cmd_run, build=build_run)
 

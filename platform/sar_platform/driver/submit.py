@@ -31,6 +31,8 @@ from sar_platform.services.ray_env import repository_runtime_env
 from sar_platform.spec.common import STEP_REF, absolute_if_local
 
 SHARED_PATHS_ENV = "SAR_SHARED_PATHS"
+SUBMITTED_SPEC_ENV = "SAR_SUBMITTED_SPEC"
+"""Where `sar submit` puts the spec text it validated, for `sar run --submitted` on the cluster."""
 # Linux caps one environment string at 128 KiB; the spec is one.
 MAX_SUBMITTED_SPEC_BYTES = 96 * 1024
 
@@ -145,7 +147,6 @@ def submit_job(job, spec_path: Path, address: str | None, resume: bool = False, 
 def send(client, job, spec_path: Path, text: str, submission_id: str, resume: bool, wait_for_nodes_s: float | None) -> None:
     """Submit the job: the repository as working_dir, the spec text in the environment, the driver
     `sar run --submitted` on the head."""
-    from sar_platform.cli import SUBMITTED_SPEC_ENV
 
     entrypoint = f"python -m sar_platform.cli run {shlex.quote(str(spec_path))} --submitted --address auto"
     entrypoint += " --resume" if resume else ""

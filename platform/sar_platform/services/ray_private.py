@@ -44,10 +44,9 @@ def driver_node_pids() -> list[int]:
 
 def checkpoint_manager_state_json(state: dict) -> str:
     """The snapshot `state` as Ray Train writes it; raises when Ray would not load it."""
-    import importlib
+    from ray.train.v2._internal.execution.checkpoint import checkpoint_manager
 
-    schema = importlib.import_module(CHECKPOINT_STATE_MODULE)._CheckpointManagerState
-    return schema.parse_obj(state).json()
+    return checkpoint_manager._CheckpointManagerState.parse_obj(state).json()
 
 
 def autoscaler_node_groups() -> list[dict] | None:
