@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from sar_core.generator import ScaleGenerator
 from sar_core.tokenizer import MultiScaleVQ
+from sar_core.var_family import ResidualVQ, VarGenerator
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ MODEL_FAMILIES: dict[str, ModelFamily] = {
     "flexvar": ModelFamily(MultiScaleVQ, ScaleGenerator,
                            "per-scale quantisation of the resized latent; scale k's up-sampled code vectors feed "
                            "scale k+1; positions resized to any schedule"),
+    "var": ModelFamily(ResidualVQ, VarGenerator,
+                       "residual quantisation at a fixed schedule; f-hat of scales 1..k, area-resized, feeds scale "
+                       "k+1; absolute positions and a level embedding", objective_fields=("residual_context",)),
 }
 
 
