@@ -52,7 +52,7 @@ def run_job(job, session: Session, parent: RunHandle | None, run_name: str) -> d
 def check_inputs(job, workspace: Workspace, locator: Locator | None = None) -> None:
     """Every kind's checks over the job and the jobs inside it; SpecError lists every problem, at
     the spec location of the field it names when the `locator` of the job's file is given."""
-    context = CheckContext(workspace)
+    context = CheckContext(workspace, written=None if locator is None else locator.writes)
     _check(job, context, "")
     if context.problems:
         raise SpecError([located(p, job, locator) for p in context.problems])
