@@ -1,5 +1,5 @@
-"""The GPU check, in one go: training and sampling speed of FlexVAR-d16 in bf16, which attention
-kernels run, and the platform's GPU path (TorchTrainer, nccl, bf16), written to one JSON file.
+"""The GPU check, in one go: training and sampling speed of FlexVAR-d16 and VAR-d16 in bf16, which
+attention kernels run, and the platform's GPU path (TorchTrainer, nccl, bf16), written to one JSON file.
 Targets and measured numbers: docs/benchmarks.md.
 
     python bench/gpu_check.py --out gpu_check.json     # one H100 / H200
@@ -17,6 +17,11 @@ status is 1 when a section failed or a check did not hold):
              none of them can run.
   sampling   KV-cached generation with FlexVAR's evaluation sampler and without guidance, at batch
              64, 128, 256.
+  var        VAR-d16 (family var: V = 4096, Cvae = 32, its fixed schedule, the ch160 residual VQ-VAE's
+             codebook and phi building the f-hat inputs) at the same batch: `tf`, `sar`, `paper` step
+             times and MFU as in `train` (the f-hat convolutions are not in the FLOP count), that the
+             paper step's loss is finite and its gradient reaches every block, and KV-cached sampling
+             with VAR's evaluation sampler (var_eval) at the first sampling batch.
   reference  with --flexvar-repo: the same sampling with the reference's own code on the same
              weights (bench/reference_sampling.py), after checking that greedy decoding agrees.
   platform   `sar run` of a tiny SAR spec on one Ray Train GPU worker (nccl, bf16).
@@ -42,8 +47,9 @@ import torch
 # run as a script, bench/ is on sys.path
 from bench_core import PRESETS, autocast, build, make_optimizer, peak_memory_mb, time_calls
 from reference_sampling import ReferenceRepoError, check_flexvar_repo, reference_section
-from sar_core import GeneratorConfig, MultiScaleVQ, SamplingConfig, ScaleSchedule, generate
+from sar_core import FLEXVAR_256, GeneratorConfig, MultiScaleVQ, SamplingConfig, ScaleSchedule, generate
 from sar_core.checkpoint import save_model
+from sar_core.families import build_generator, build_tokenizer
 from sar_core.objectives import ObjectiveConfig, TokenBatch, build_objective
 from sar_core.tokenizer import TokenizerConfig
 
@@ -63,14 +69,26 @@ SDPA_BACKENDS = {  # aten op the dispatcher picks -> backend
     "aten::_scaled_dot_product_attention_math": "math",
 }
 
+VAR_SMOKE_SCALES = (1, 2, 3, 4, 5, 7)
+VAR_MODELS = {  # the var section's models: VAR-d16 with the published VQ-VAE's sizes, and a tiny one on CPU
+    "gpu": dict(generator=GeneratorConfig(depth=16, vocab_size=4096, codebook_dim=32, family="var", scales=FLEXVAR_256.scales),
+                tokenizer=TokenizerConfig(base_channels=160, z_channels=32, codebook_size=4096, codebook_dim=32,
+                                          family="var", scales=FLEXVAR_256.scales)),
+    "smoke": dict(generator=GeneratorConfig(depth=2, width=128, num_heads=2, num_classes=10, vocab_size=512, codebook_dim=8,
+                                            family="var", scales=VAR_SMOKE_SCALES),
+                  tokenizer=TokenizerConfig(image_size=28, in_channels=1, base_channels=16, channel_mult=(1, 2, 2),
+                                            num_res_blocks=1, z_channels=32, codebook_size=512, codebook_dim=8, norm_groups=8,
+                                            attention=False, family="var", scales=VAR_SMOKE_SCALES)),
+}
+
 SETTINGS = {  # what each mode runs: the full check on a GPU, a tiny one on CPU
     "gpu": dict(preset="d16", dtype="bf16", batch=24, steps=10, warmup=3, sample_batches=(64, 128, 256),
                 sample_steps=3, platform_steps=30, platform_timeout=300,
-                reference_model=dict(depth=16), reference_batches=(64, 128, 256)),
+                reference_model=dict(depth=16), reference_batches=(64, 128, 256), var=VAR_MODELS["gpu"]),
     "smoke": dict(preset="tiny", dtype="fp32", batch=4, steps=2, warmup=1, sample_batches=(4, 8),
                   sample_steps=1, platform_steps=4, platform_timeout=240,
                   reference_model=dict(depth=2, width=128, num_heads=2, num_classes=10, vocab_size=1024),  # > top-k 900
-                  reference_batches=(2,)),
+                  reference_batches=(2,), var=VAR_MODELS["smoke"]),
 }
 
 
@@ -145,8 +163,9 @@ def train_step_fn(kind: str, gen, opt, batch: TokenBatch, device, dtype: str):
     return step
 
 
-def train_section(ctx) -> dict:
-    s, device, gen, schedule = ctx["settings"], ctx["device"], ctx["gen"], ctx["schedule"]
+def time_objectives(gen, schedule: ScaleSchedule, ctx) -> dict:
+    """Step time, images/s, model TFLOP/s and MFU of every objective in OBJECTIVES on `gen`."""
+    s, device = ctx["settings"], ctx["device"]
     batch = make_batch(gen, schedule, s["batch"], device)
     opt, out = make_optimizer(gen, device), {}
     gen.train()
@@ -158,6 +177,12 @@ def train_section(ctx) -> dict:
                      "mfu": round(tflops / ctx["peak"], 4) if ctx["peak"] else None}
     out["ratio_to_tf"] = {k: round(out[k]["step_ms"] / out["tf"]["step_ms"], 3) for k in OBJECTIVES}
     out["step_flops"] = {k: int(step_flops(k, gen.config, schedule, s["batch"])) for k in OBJECTIVES}
+    return out
+
+
+def train_section(ctx) -> dict:
+    device = ctx["device"]
+    out = time_objectives(ctx["gen"], ctx["schedule"], ctx)
     out["peak_memory_mb"] = round(peak_memory_mb(device), 1)
     if device.type == "cuda":
         out["checks"] = {"tf_mfu>=0.40": bool(ctx["peak"]) and out["tf"]["mfu"] >= 0.40,
@@ -224,6 +249,43 @@ def sampling_section(ctx) -> dict:
             ms = time_calls(call, s["sample_steps"], 1, device)
             out[f"batch_{B}_{name}"] = {"ms_per_batch": round(ms, 1), "images_per_s": round(B / ms * 1000, 1)}
     out["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    return out
+
+
+def var_section(ctx) -> dict:
+    s, device = ctx["settings"], ctx["device"]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    torch.manual_seed(0)
+    tok = build_tokenizer(s["var"]["tokenizer"]).eval()
+    gen = build_generator(s["var"]["generator"]).attach_tokenizer(tok).to(device)
+    tok = tok.to(device)
+    schedule = ScaleSchedule(gen.config.scales)
+    out = {"generator_params": gen.num_parameters(), "tokenizer_params": sum(p.numel() for p in tok.parameters()),
+           "schedule": str(schedule), **time_objectives(gen, schedule, ctx)}
+    batch = make_batch(gen, schedule, s["batch"], device)
+    gen.zero_grad(set_to_none=True)
+    with autocast(device, s["dtype"]):
+        step = build_objective(OBJECTIVES["paper"])(gen, batch, 0, torch.Generator(device=device).manual_seed(0))
+    step.loss.backward()
+    reached = [i for i, b in enumerate(gen.blocks) if b.attn.qkv.weight.grad is not None and b.attn.qkv.weight.grad.abs().sum() > 0]
+    out["paper_loss"] = float(step.loss.detach())
+    gen.eval()
+    B = s["sample_batches"][0]
+    labels = torch.arange(B, device=device) % gen.config.num_classes
+
+    def sample():
+        with autocast(device, s["dtype"]):
+            return generate(gen, tok, labels, schedule, SamplingConfig.from_preset("var_eval"), torch.Generator(device).manual_seed(0))
+
+    ms = time_calls(sample, s["sample_steps"], 1, device)
+    images = sample().images
+    out[f"sampling_batch_{B}_var_eval"] = {"ms_per_batch": round(ms, 1), "images_per_s": round(B / ms * 1000, 1)}
+    out["peak_memory_mb"] = round(peak_memory_mb(device), 1)
+    out["checks"] = {"paper_loss_finite": math.isfinite(out["paper_loss"]),
+                     "paper_gradient_reaches_every_block": len(reached) == gen.config.depth,
+                     "sampled_images_finite": bool(torch.isfinite(images).all())
+                     and tuple(images.shape[-2:]) == (tok.config.image_size,) * 2}
     return out
 
 
@@ -315,13 +377,13 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="gpu_check.json", help="the JSON file to write")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny model, a few steps: checks the script, not the GPU")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak of the GPU (default: from its name)")
-    p.add_argument("--sections", default="train,attention,sampling,platform",
-                   help="comma-separated, of train, attention, sampling, reference, platform")
+    p.add_argument("--sections", default="train,attention,sampling,var,platform",
+                   help="comma-separated, of train, attention, sampling, var, reference, platform")
     p.add_argument("--flexvar-repo", default=None,
                    help="a checkout of jiaosiyu1999/FlexVAR: adds the `reference` section (sampling against its code)")
     args = p.parse_args(argv)
     sections = {"train": train_section, "attention": attention_section, "sampling": sampling_section,
-                "reference": reference_section, "platform": platform_section}
+                "var": var_section, "reference": reference_section, "platform": platform_section}
     chosen = args.sections.split(",")
     unknown = [name for name in chosen if name not in sections]
     if unknown:

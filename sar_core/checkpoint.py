@@ -18,13 +18,15 @@ import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sar_core.generator import GeneratorConfig, ScaleGenerator
-from sar_core.tokenizer import MultiScaleVQ, TokenizerConfig
+from sar_core.families import build_generator, build_tokenizer
+from sar_core.generator import GeneratorConfig
+from sar_core.tokenizer import TokenizerConfig
 
-MODEL_KINDS: dict[str, tuple[type[nn.Module], type]] = {
-    "generator": (ScaleGenerator, GeneratorConfig),
-    "tokenizer": (MultiScaleVQ, TokenizerConfig),
+MODEL_KINDS: dict[str, tuple[Callable[[Any], nn.Module], type]] = {
+    "generator": (build_generator, GeneratorConfig),
+    "tokenizer": (build_tokenizer, TokenizerConfig),
 }
+"""Model kind -> (builder of its family's module from a config, config class)."""
 FORMAT = "sar-platform/1"
 
 
@@ -33,7 +35,16 @@ class CheckpointError(ValueError):
 
 
 def config_to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config's fields, less those its model family never reads (and `family` itself for the
+    default family), so that a FlexVAR model's header and fingerprint hold exactly its own settings."""
+    data = dataclasses.asdict(config)
+    if "family" not in data:
+        return data
+    for name in config.unread_fields():
+        data.pop(name, None)
+    if data["family"] == "flexvar":
+        del data["family"]
+    return data
 
 
 def config_from_dict(cls, data: Mapping[str, Any]):
@@ -126,10 +137,12 @@ def load_model(
     stored_kind, stored_config, _ = read_header(path)
     if kind is not None and kind != stored_kind:
         raise CheckpointError(f"{path} holds a {stored_kind}, not a {kind}")
-    model_cls, config_cls = MODEL_KINDS[stored_kind]
+    build, config_cls = MODEL_KINDS[stored_kind]
     if config is not None and not isinstance(config, config_cls):
         raise CheckpointError(f"{path} holds a {stored_kind}; a {type(config).__name__} cannot describe it")
-    model = model_cls(config if config is not None else stored_config)
+    if config is not None and config.family != stored_config.family:
+        raise CheckpointError(f"{path} holds a {stored_config.family} {stored_kind}; a {config.family} config cannot describe it")
+    model = build(config if config is not None else stored_config)
     load_state_strict(model, read_tensors(path), str(path))
     return model.to(device)
 

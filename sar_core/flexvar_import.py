@@ -65,6 +65,8 @@ TOKENIZER_RULES: list[tuple[str, str | None]] = [
 
 
 def rename(state: Mapping[str, torch.Tensor], rules, what: str) -> dict[str, torch.Tensor]:
+    """Every key through the first rule whose pattern matches (the target a re.sub replacement:
+    a template or a function of the match; None drops the key); a key no rule matches is an error."""
     out, unknown = {}, []
     for key, value in state.items():
         for pattern, target in rules:
@@ -210,7 +212,8 @@ def _left_out(top: dict, where: list[str]) -> list[str]:
 
 
 def read_reference_checkpoint(path: str | Path, report: Callable[[str], None] | None = None) -> dict[str, torch.Tensor]:
-    """A FlexVAR .pth as a flat state dict; `report` gets one line on what else the file holds."""
+    """A reference .pth (FlexVAR's or VAR's) as a flat state dict; `report` gets one line on what else
+    the file holds."""
     obj, unknown = _load_restricted(Path(path))
     where, top = [], obj
     for key in ("trainer", "var_wo_ddp", "model", "state_dict"):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sar_core.generator import KVCache, ScaleGenerator
-from sar_core.schedule import ScaleSchedule
+from sar_core.schedule import ScaleSchedule, ScheduleError
 from sar_core.token_sampling import SamplingConfig, guided_logits, sample_tokens
 from sar_core.tokenizer import MultiScaleVQ
 
@@ -36,15 +36,21 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(w)
 
 
+def fit_size(img: torch.Tensor, size: int) -> torch.Tensor:
+    if img.shape[-1] != size:
+        img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)
+    return img.clamp(-1, 1)
+
+
 def decode_scales(tokenizer: MultiScaleVQ, token_maps: Sequence[torch.Tensor], size: int) -> list[torch.Tensor]:
-    """Decode each scale's token map on its own and resize to size x size (trajectory figures)."""
-    out = []
-    for idx in token_maps:
-        img = tokenizer.decode_tokens(idx)
-        if img.shape[-1] != size:
-            img = F.interpolate(img, size=(size, size), mode="bicubic", align_corners=False)
-        out.append(img.clamp(-1, 1))
-    return out
+    """The image after every scale (the tokenizer's `decode_trajectory`), resized to size x size
+    (trajectory figures)."""
+    return [fit_size(img, size) for img in tokenizer.decode_trajectory(token_maps)]
+
+
+def decode_prefix(tokenizer: MultiScaleVQ, token_maps: Sequence[torch.Tensor], n: int, size: int) -> torch.Tensor:
+    """The image a generation shows after its first n scales, resized to size x size."""
+    return fit_size(tokenizer.decode_maps(token_maps[:n]), size)
 
 
 @torch.no_grad()
@@ -68,6 +74,8 @@ def generate(
     With a tokenizer the last map is decoded to images (and every map, if `decode_intermediates`).
     """
     model.check_labels(label_B)
+    if (problem := model.schedule_problem(schedule)) is not None:
+        raise ScheduleError(problem)
     if tokenizer is not None:
         schedule.check_latent(tokenizer.config.latent_size)
     if len(prefix) > len(schedule):
@@ -79,6 +87,7 @@ def generate(
     with eval_mode(model, *([tokenizer] if tokenizer is not None else [])):
         cond_BD = model.class_embed(labels)
         pos_1LC = model.position_embedding(schedule)
+        stream = model.input_stream(B)
         caches = [KVCache() for _ in model.blocks]
         x_BlC = model.start_tokens(cond_BD, schedule, pos_1LC)
         maps, all_logits = [], []
@@ -94,14 +103,13 @@ def generate(
                 idx_Bl = sample_tokens(logits_BlV, sampling.top_k_at(size), sampling.top_p, sampling.temperature, rng)
             maps.append(idx_Bl.reshape(B, size, size))
             if si + 1 < N:
-                nxt = schedule[si + 1]
-                x_BlC = model.token_embed(model.upsample_tokens(idx_Bl, nxt)) + pos_1LC[:, schedule.slices[si + 1]]
+                x_BlC = model.token_embed(stream.next(idx_Bl, si, schedule)) + pos_1LC[:, schedule.slices[si + 1]]
                 if guided:
                     x_BlC = torch.cat([x_BlC, x_BlC])
 
         out = Generation(labels=label_B, token_maps=maps, logits=all_logits if return_logits else None)
         if tokenizer is not None:
-            out.images = tokenizer.decode_tokens(maps[-1]).clamp(-1, 1)
+            out.images = tokenizer.decode_maps(maps).clamp(-1, 1)
             if decode_intermediates:
                 out.scale_images = decode_scales(tokenizer, maps, out.images.shape[-1])
     return out

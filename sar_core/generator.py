@@ -24,6 +24,9 @@ import torch.nn.functional as F
 from sar_core.schedule import ScaleSchedule, ScheduleError
 from sar_core.tokenizer import upsample_codes
 
+GENERATOR_FAMILY_FIELDS = {"flexvar": ("pos_grid",), "var": ("scales", "phi_count", "phi_ratio")}
+"""The config fields only one family's generator reads."""
+
 
 @dataclass(frozen=True)
 class GeneratorConfig:
@@ -39,8 +42,15 @@ class GeneratorConfig:
     drop_path: float = -1.0  # < 0: 0.1 * depth / 24, the reference rule
     attn_l2_norm: bool = True
     norm_eps: float = 1e-6
+    family: str = "flexvar"  # a key of sar_core.families.MODEL_FAMILIES
+    scales: tuple[int, ...] = ()  # var: the fixed schedule its absolute positions are learned for
+    phi_count: int = 4  # var: the tokenizer's phi convolutions (0: one per scale)
+    phi_ratio: float = 0.5  # var: phi(h) = (1 - r) h + r conv(h)
 
     def __post_init__(self):
+        object.__setattr__(self, "scales", tuple(self.scales))
+        from sar_core.families import check_family  # the family table imports this module
+        check_family(self)
         if self.depth < 1:
             raise ValueError(f"generator depth must be >= 1, got {self.depth}")
         if self.embed_dim % self.heads:
@@ -51,6 +61,11 @@ class GeneratorConfig:
     @property
     def embed_dim(self) -> int:
         return self.width or 64 * self.depth
+
+    def unread_fields(self) -> dict[str, str]:
+        """Field -> why this family's generator never reads it."""
+        from sar_core.families import family_unread_fields
+        return family_unread_fields(self, GENERATOR_FAMILY_FIELDS)
 
     @property
     def heads(self) -> int:
@@ -175,8 +190,23 @@ def sincos_2d(channels: int, size: int) -> torch.Tensor:
     return torch.cat([rows, cols], dim=-1).permute(2, 0, 1).unsqueeze(0).float()
 
 
+class UpsampledInputs:
+    """Generation's next-scale inputs on FlexVAR's pathway: scale i's sampled map, up-sampled."""
+
+    def __init__(self, model: "ScaleGenerator"):
+        self.model = model
+
+    def next(self, idx_Bl: torch.Tensor, si: int, schedule: ScaleSchedule) -> torch.Tensor:
+        """Scale `si`'s sampled tokens (B, h^2) -> the input of scale si + 1, (B, h_{si+1}^2, Cvae)."""
+        return self.model.upsample_tokens(idx_Bl, schedule[si + 1])
+
+
 class ScaleGenerator(nn.Module):
+    """The FlexVAR family's generator; `sar_core.var_generator.VarGenerator` overrides what VAR does
+    differently (positions, and how token maps become the next scale's input)."""
+
     kind = "generator"
+    family = "flexvar"
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -185,7 +215,7 @@ class ScaleGenerator(nn.Module):
         self.token_embed = nn.Linear(config.codebook_dim, C)
         self.class_embed = nn.Embedding(config.num_classes + 1, C)  # last row: the null class
         self.start_pos = nn.Parameter(torch.zeros(1, 1, C))
-        self.pos_grid = nn.Parameter(sincos_2d(C, config.pos_grid))
+        self.init_positions(config)
         n = config.depth
         rates = [config.drop_path_rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]  # linear ramp
         self.blocks = nn.ModuleList(AdaLNBlock(config, p) for p in rates)
@@ -214,6 +244,28 @@ class ScaleGenerator(nn.Module):
                 block.mlp.fc2.weight.div_(math.sqrt(2 * depth))
                 block.ada_ln[-1].weight[2 * C:].mul_(init_adaln)  # scales and shifts
                 block.ada_ln[-1].weight[: 2 * C].mul_(init_gamma)  # residual gates
+
+    def init_positions(self, config: GeneratorConfig) -> None:
+        self.pos_grid = nn.Parameter(sincos_2d(config.embed_dim, config.pos_grid))
+
+    def attach_tokenizer(self, tokenizer: nn.Module) -> "ScaleGenerator":
+        """Copy what the inputs are built with from `tokenizer` (here its codebook)."""
+        return self.set_codebook(tokenizer.codebook.weight.detach().cpu())
+
+    def matches_tokenizer(self, tokenizer: nn.Module) -> bool:
+        """Whether this generator's frozen input buffers are `tokenizer`'s."""
+        codes = tokenizer.normalized_codebook().to(self.codebook.device)
+        return self.codebook.shape == codes.shape and torch.allclose(self.codebook, codes, atol=1e-5)
+
+    @classmethod
+    def training_schedule_problem(cls, config: GeneratorConfig, scales: tuple[int, ...], random: bool) -> str | None:
+        """Why a spec cannot train a `config` generator on `scales` (randomly drawn per step when
+        `random`), before anything runs (None: it can). FlexVAR trains on any schedule."""
+        return None
+
+    def schedule_problem(self, schedule: ScaleSchedule) -> str | None:
+        """Why this generator cannot run `schedule` (None: it can). FlexVAR's positions serve any schedule."""
+        return None
 
     def set_codebook(self, codes_VC: torch.Tensor) -> "ScaleGenerator":
         if codes_VC.shape != self.codebook.shape:
@@ -252,8 +304,24 @@ class ScaleGenerator(nn.Module):
 
     def scale_inputs(self, idx_BL: torch.Tensor, schedule: ScaleSchedule) -> torch.Tensor:
         """(B, L) tokens of all scales -> (B, L - h_1^2, Cvae): scale i's tokens feed scale i+1."""
-        maps = schedule.split(idx_BL)
-        return torch.cat([self.upsample_tokens(m, s) for m, s in zip(maps[:-1], schedule.scales[1:])], dim=1)
+        return self.inputs_from_maps(schedule.split(idx_BL), schedule)
+
+    def inputs_from_maps(self, maps, schedule: ScaleSchedule) -> torch.Tensor:
+        """Token maps (B, h_i^2) of scales 1..N-1 (more are ignored) -> inputs (B, L - h_1^2, Cvae) of
+        scales 2..N. FlexVAR: map i, up-sampled, feeds scale i+1."""
+        if len(schedule) == 1:
+            return self.codebook.new_zeros(maps[0].shape[0], 0, self.config.codebook_dim)
+        return torch.cat([self.upsample_tokens(m, s) for m, s in zip(maps[: len(schedule) - 1], schedule.scales[1:])], dim=1)
+
+    def staggered_inputs(self, ground_truth, drawn, schedule: ScaleSchedule, context: str) -> torch.Tensor:
+        """The Stagger-Scale Rollout's student inputs: scale i+1 fed from the map drawn at scale i.
+        On FlexVAR's pathway scale i+1 reads map i alone, so the ground truth below never enters
+        (and `context` has nothing to choose)."""
+        return self.inputs_from_maps(drawn, schedule)
+
+    def input_stream(self, batch_size: int) -> UpsampledInputs:
+        """Generation's next-scale inputs, one sampled scale at a time."""
+        return UpsampledInputs(self)
 
     def start_tokens(self, cond_BD: torch.Tensor, schedule: ScaleSchedule, pos_1LC: torch.Tensor) -> torch.Tensor:
         n = schedule.token_counts[0]
@@ -267,6 +335,8 @@ class ScaleGenerator(nn.Module):
 
     def forward(self, label_B: torch.Tensor, x_BlCv: torch.Tensor, schedule: ScaleSchedule) -> torch.Tensor:
         """Labels + next-scale inputs (B, L - h_1^2, Cvae) -> logits (B, L, V) for every scale."""
+        if (problem := self.schedule_problem(schedule)) is not None:
+            raise ScheduleError(problem)
         expected = schedule.num_tokens - schedule.token_counts[0]
         if x_BlCv.shape[1:] != (expected, self.config.codebook_dim):
             raise ScheduleError(

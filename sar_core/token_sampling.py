@@ -18,7 +18,8 @@ and the paper's "CFG 2.5" is cfg = 2.5 here. The weight can ramp across the scal
 greedily (top-k 1), and a scale larger than that gets the full cfg (no ramp). Left at None, every
 scale is drawn with top_k / top_p on the ramp.
 
-`SAMPLING_PRESETS` names complete settings: `flexvar_eval` is FlexVAR's published evaluation.
+`SAMPLING_PRESETS` names complete settings: `flexvar_eval` is FlexVAR's published evaluation,
+`var_eval` VAR's.
 """
 from __future__ import annotations
 
@@ -102,6 +103,9 @@ SAMPLING_PRESETS: dict[str, dict[str, Any]] = {
     # FlexVAR's published evaluation (its eval_c2i.py and scripts/evaluate_c2i.sh): cfg 2.5 on its
     # ramp, top-k 900, top-p 0.95, max_pn 16 (greedy and fully guided above 16x16 and off its sizes).
     "flexvar_eval": dict(cfg=2.5, cfg_ramp="flexvar", top_k=900, top_p=0.95, temperature=1.0, flexvar_max_size=16),
+    # VAR's published FID evaluation (its README): autoregressive_infer_cfg with cfg 1.5 on the
+    # linear ramp t = cfg * si / (N - 1), top-k 900, top-p 0.96, no smoothing.
+    "var_eval": dict(cfg=1.5, cfg_ramp="linear", top_k=900, top_p=0.96, temperature=1.0),
 }
 
 

@@ -22,6 +22,10 @@ from einops import rearrange
 from sar_core.schedule import ScaleSchedule
 
 
+TOKENIZER_FAMILY_FIELDS = {"flexvar": (), "var": ("scales", "phi_count", "phi_ratio")}
+"""The config fields only one family's tokenizer reads."""
+
+
 @dataclass(frozen=True)
 class TokenizerConfig:
     image_size: int = 256
@@ -35,9 +39,16 @@ class TokenizerConfig:
     norm_groups: int = 32
     attention: bool = True  # self-attention at the lowest resolution and in the middle blocks
     commit_beta: float = 0.25
+    family: str = "flexvar"  # a key of sar_core.families.MODEL_FAMILIES
+    scales: tuple[int, ...] = ()  # var: the fixed schedule residuals are quantised at (ends at the latent size)
+    phi_count: int = 4  # var: phi convolutions shared over the scales (0: one per scale, 1: one for all)
+    phi_ratio: float = 0.5  # var: phi(h) = (1 - r) h + r conv3x3(h); 0: no convolution
 
     def __post_init__(self):
         object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
+        object.__setattr__(self, "scales", tuple(self.scales))
+        from sar_core.families import check_family  # the family table imports this module
+        check_family(self)
         if self.image_size % self.downsample:
             raise ValueError(
                 f"tokenizer image_size={self.image_size} is not divisible by the encoder's downsampling "
@@ -54,6 +65,11 @@ class TokenizerConfig:
     @property
     def downsample(self) -> int:
         return 2 ** (len(self.channel_mult) - 1)
+
+    def unread_fields(self) -> dict[str, str]:
+        """Field -> why this family's tokenizer never reads it."""
+        from sar_core.families import family_unread_fields
+        return family_unread_fields(self, TOKENIZER_FAMILY_FIELDS)
 
     @property
     def latent_size(self) -> int:
@@ -198,14 +214,17 @@ class MultiScaleVQ(nn.Module):
     """Encoder -> latent -> per-scale quantisation against one codebook -> decoder."""
 
     kind = "tokenizer"
+    family = "flexvar"
+    proj_kernel = 1  # the convolutions between the encoder/decoder and the codebook space
 
     def __init__(self, config: TokenizerConfig):
         super().__init__()
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
-        self.quant_proj = nn.Conv2d(config.z_channels, config.codebook_dim, 1)
-        self.post_quant_proj = nn.Conv2d(config.codebook_dim, config.z_channels, 1)
+        k = self.proj_kernel
+        self.quant_proj = nn.Conv2d(config.z_channels, config.codebook_dim, k, padding=k // 2)
+        self.post_quant_proj = nn.Conv2d(config.codebook_dim, config.z_channels, k, padding=k // 2)
         self.codebook = nn.Embedding(config.codebook_size, config.codebook_dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / config.codebook_size, 1.0 / config.codebook_size)
 
@@ -251,8 +270,24 @@ class MultiScaleVQ(nn.Module):
 
     def decode_tokens(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
         """Token map (B, h, w) of any size -> images (B, C, h*ds, w*ds), roughly in [-1, 1]."""
-        z = rearrange(self.normalized_codebook()[idx_Bhw], "b h w c -> b c h w")
-        return self.decode_latent(z)
+        return self.decode_latent(self.code_vectors(idx_Bhw))
+
+    def code_vectors(self, idx_Bhw: torch.Tensor) -> torch.Tensor:
+        """Token map (B, h, w) -> the code vectors it indexes, (B, Cvae, h, w)."""
+        return rearrange(self.normalized_codebook()[idx_Bhw], "b h w c -> b c h w")
+
+    def decode_maps(self, maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        """A generation's token maps (B, h, h), coarse to fine -> its images: the last map decoded alone."""
+        return self.decode_tokens(maps[-1])
+
+    def decode_trajectory(self, maps: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The image after every scale of a generation: each map decoded on its own."""
+        return [self.decode_tokens(idx) for idx in maps]
+
+    def token_scales(self) -> tuple[int, ...]:
+        """The map sizes whose tokens this tokenizer defines: every size up to the latent, each
+        quantised alone (token shards store them all and serve any schedule)."""
+        return tuple(range(1, self.config.latent_size + 1))
 
     # -- training -------------------------------------------------------------------------------
     def forward(self, img_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:

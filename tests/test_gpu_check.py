@@ -19,7 +19,7 @@ from gpu_check import PLATFORM_SPEC, attention_pairs, forward_flops, step_flops,
 def test_the_smoke_check_runs_every_section_but_the_platform_and_writes_one_json(tmp_path):
     out = tmp_path / "check.json"
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--smoke", "--out", str(out),
-                           "--sections", "train,attention,sampling"], capture_output=True, text=True, timeout=120)
+                           "--sections", "train,attention,sampling,var"], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(out.read_text())
     assert result["mode"] == "smoke" and result["all_checks_pass"]
@@ -29,6 +29,12 @@ def test_the_smoke_check_runs_every_section_but_the_platform_and_writes_one_json
     # every attention call is seen: 4 blocks in a train step's forward, 4 blocks x 6 scales when sampling
     assert result["attention"]["train_step"] == {"flash": 4} and result["attention"]["sampling"] == {"flash": 24}
     assert set(result["sampling"]) >= {"batch_4_cfg", "batch_4_no_cfg", "batch_8_cfg", "batch_8_no_cfg"}
+    # the VAR step: its fixed schedule, f-hat inputs from the residual tokenizer's codebook and phi
+    var = result["var"]
+    assert var["schedule"] == "1-2-3-4-5-7" and all(var[k]["step_ms"] > 0 for k in ("tf", "sar", "paper"))
+    assert var["checks"] == {"paper_loss_finite": True, "paper_gradient_reaches_every_block": True,
+                             "sampled_images_finite": True}
+    assert var["sampling_batch_4_var_eval"]["images_per_s"] > 0
 
 
 def test_model_flops_are_the_counted_matmuls_plus_the_unmasked_attention():

@@ -459,6 +459,19 @@ def cmd_import_flexvar(args) -> int:
     return 0
 
 
+def build_import_var(args) -> tuple:
+    return args.generator, args.vqvae, args.out
+
+
+def cmd_import_var(args) -> int:
+    from sar_core.var_import import import_var
+
+    generator, vqvae, out = build_import_var(args)
+    gen, tok = import_var(generator, vqvae, out, report=print)
+    print(f"generator -> {gen}\ntokenizer -> {tok}")
+    return 0
+
+
 def build_data(args) -> tuple:
     return args.dataset, args.root, args.download
 
@@ -618,6 +631,15 @@ def add_import_flexvar(sub) -> None:
     p.set_defaults(func=cmd_import_flexvar, build=build_import_flexvar)
 
 
+def add_import_var(sub) -> None:
+    p = sub.add_parser("import-var", help="convert published VAR weights into sar-platform checkpoints (family var)")
+    p.add_argument("--generator", required=True, help="VAR generator .pth (var_d16.pth ... var_d30.pth); its schedule "
+                                                      "fixes the image size")
+    p.add_argument("--vqvae", required=True, help="VAR VQ-VAE .pth (vae_ch160v4096z32.pth)")
+    p.add_argument("--out", required=True, help="output folder for generator/tokenizer .safetensors")
+    p.set_defaults(func=cmd_import_var, build=build_import_var)
+
+
 def add_data(sub) -> None:
     p = sub.add_parser("data", help="locate (or download) Fashion-MNIST")
     p.add_argument("dataset", choices=["fashion-mnist"])
@@ -626,7 +648,8 @@ def add_data(sub) -> None:
     p.set_defaults(func=cmd_data, build=build_data)
 
 
-SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_report, add_sample, add_eval, add_import_flexvar, add_data)
+SUBCOMMANDS = (add_validate, add_schema, add_run, add_submit, add_jobs, add_ui, add_report, add_sample, add_eval, add_import_flexvar, add_import_var,
+               add_data)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,7 @@ def check_inputs(job, workspace: Workspace, locator: Locator | None = None, skip
     """Every kind's checks over the job and the jobs inside it; SpecError lists every problem, at
     the spec location of the field it names when the `locator` of the job's file is given. Returns
     the fields left unchecked (s3:// inputs, with `skip_remote`)."""
-    context = CheckContext(workspace, skip_remote=skip_remote)
+    context = CheckContext(workspace, skip_remote=skip_remote, written=None if locator is None else locator.writes)
     _check(job, context, "")
     if context.problems:
         raise SpecError([located(p, job, locator) for p in context.problems])

@@ -227,7 +227,7 @@ def encode_shards(
 
     Returns the shard set; skips work that is already done (see the module docstring)."""
     latent = tokenizer.config.latent_size
-    scales = tuple(sorted(set(scales))) if scales is not None else default_scales(latent)
+    scales = tuple(sorted(set(scales))) if scales is not None else tokenizer.token_scales()
     if scales[-1] != latent or scales[0] < 1:
         raise ShardError(f"stored scales {scales} must lie in 1..{latent} and include the latent size {latent}")
     n = len(dataset)

@@ -52,7 +52,7 @@ from sar_core.eval.inception import load_inception
 from sar_core.eval.metrics import GaussianStats, frechet_distance
 from sar_core.eval.reference import RealReference, bootstrap_counts, choose_rows, real_reference, score
 from sar_core.eval.uncertainty import fid_bootstrap, standard_error
-from sar_core.generation import decode_scales, generate
+from sar_core.generation import decode_prefix, generate
 from sar_core.progress import progress_bar
 from sar_core.schedule import ScaleSchedule
 from sar_core.token_sampling import SamplingConfig
@@ -145,7 +145,7 @@ def _generate_and_extract(generator, tokenizer, sample_set: SampleSet, schedule,
         rows.features.append(feats.features)
         rows.logits.append(feats.logits)
         for s in metrics.fid_at_scales:
-            early = decode_scales(tokenizer, [out.token_maps[schedule.scales.index(s)]], out.images.shape[-1])[0]
+            early = decode_prefix(tokenizer, out.token_maps, schedule.scales.index(s) + 1, out.images.shape[-1])
             rows.at_scale[s].append(batch_features(network, data.to_feature_input(early), device).features)
         if npz is not None:
             npz.write(out.images, labels)

@@ -190,7 +190,7 @@ def rollout_figure(rows: Sequence[FigureRow], column_titles: Sequence[str], path
 
 def token_latents(tokenizer, idx_Bhw: torch.Tensor) -> torch.Tensor:
     """Token maps (B, h, w) -> the codebook vectors they index, (B, Cvae, h, w)."""
-    return tokenizer.normalized_codebook()[idx_Bhw].permute(0, 3, 1, 2)
+    return tokenizer.code_vectors(idx_Bhw)
 
 
 @torch.no_grad()

@@ -14,6 +14,9 @@ they are written explicitly):
                                              with noise_source model, diagnostics)
     rollout        SamplingConfig            top_k/top_p/temperature (stochastic, cfg), cfg/cfg_ramp (cfg)
     gamma, rollout_depth, csfl_target, csfl_scales, student_context, student_fraction    (sar)
+    residual_context   ground_truth_below | own_draws: what the student's input at scale k+1
+                       accumulates below the drawn scale k, on families whose inputs accumulate
+                       every earlier scale (VAR's f-hat; docs/model-families.md)     (sar, family var)
     hybrid_scale   scale SIZE from which sf_hybrid student-forces ("Hybrid @ 8")       (sf_hybrid)
     noise_rate, noise_source   input tokens replaced, and by what (random | model)  (noisy_context)
     preset         the name of the preset the values started from (a label recorded with runs)
@@ -39,6 +42,7 @@ SamplingStrategy = Literal["argmax", "stochastic", "cfg"]
 CsflTarget = Literal["teacher_soft", "teacher_hard", "ground_truth"]
 CsflScales = Literal["all", "last", "random_one"]
 StudentContext = Literal["full", "single_scale"]
+ResidualContext = Literal["ground_truth_below", "own_draws"]
 
 _GUIDANCE_FIELDS = ("rollout.cfg", "rollout.cfg_ramp")
 
@@ -56,6 +60,7 @@ class ObjectiveConfig:
     csfl_scales: CsflScales = "all"
     student_context: StudentContext = "full"
     student_fraction: float = 1.0
+    residual_context: ResidualContext = "ground_truth_below"
     hybrid_scale: int = 8
     noise_rate: float = 0.1
     noise_source: NoiseSource = "random"
@@ -64,7 +69,8 @@ class ObjectiveConfig:
     def __post_init__(self):
         for name, choices in (("kind", Kind), ("weighting", Weighting), ("sampling", SamplingStrategy),
                               ("csfl_target", CsflTarget), ("csfl_scales", CsflScales),
-                              ("student_context", StudentContext), ("noise_source", NoiseSource)):
+                              ("student_context", StudentContext), ("noise_source", NoiseSource),
+                              ("residual_context", ResidualContext)):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {', '.join(get_args(choices))}; got {getattr(self, name)!r}")
         if isinstance(self.rollout, dict):  # plain-Python callers may pass the nested settings as a dict

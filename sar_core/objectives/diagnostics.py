@@ -82,8 +82,9 @@ def context_logits(model: nn.Module, batch: TokenBatch, draw: RolloutDraw, draws
         x_tf = unwrap(model).scale_inputs(batch.tokens, schedule)
         teacher = model(batch.labels, x_tf, schedule) if teacher is None else teacher
         label_R, teacher_R, x_tf_R = (t.repeat_interleave(draws, 0) for t in (batch.labels, teacher, x_tf))
-        student = stagger_scale_rollout(model, label_R, teacher_R, x_tf_R, schedule, range(1, N), draw, rng=rng).logits
         gt_maps_R = [m.repeat_interleave(draws, 0) for m in batch.token_maps()]
+        student = stagger_scale_rollout(model, label_R, teacher_R, x_tf_R, schedule, range(1, N), draw, rng=rng,
+                                        ground_truth=gt_maps_R).logits
         rolled = sequential_rollout(model, label_R, gt_maps_R, schedule, 0, draw, rng)
         autoregressive = model(label_R, shifted_inputs(model, rolled, schedule), schedule)[:, rest]
     return ContextLogits(teacher, student, autoregressive, draws, rolled)
@@ -171,11 +172,12 @@ def student_forcing_trace(model: nn.Module, batch: TokenBatch, draw: RolloutDraw
     with eval_mode(model):
         x_tf = unwrap(model).scale_inputs(batch.tokens, schedule)
         teacher = model(batch.labels, x_tf, schedule)
-        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), draw, depth=depth, rng=rng)
-        x_sf = shifted_inputs(model, ssr.inputs, schedule)
+        gt = batch.token_maps()
+        ssr = stagger_scale_rollout(model, batch.labels, teacher, x_tf, schedule, range(1, N), draw, depth=depth, rng=rng,
+                                    ground_truth=gt)
+        x_sf = unwrap(model).staggered_inputs(gt, ssr.inputs, schedule, "ground_truth_below")
     per_scale_logits = ScaleSchedule(schedule.scales[1:]).split(ssr.logits)
     sizes = schedule.scales[1:]
-    gt = batch.token_maps()
     return StudentForcingTrace(
         scales=tuple(sizes),
         ground_truth=[gt[i].reshape(-1, h, h) for i, h in enumerate(sizes, 1)],

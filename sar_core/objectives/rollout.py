@@ -61,11 +61,9 @@ def crop_inputs(x_BlCv: torch.Tensor, sub: ScaleSchedule) -> torch.Tensor:
 
 
 def shifted_inputs(model: nn.Module, tokens: Sequence[torch.Tensor], schedule: ScaleSchedule) -> torch.Tensor:
-    """Token maps (B, h_i^2) of scales 1..N-1 -> generator inputs (B, L - h_1^2, Cvae) of scales 2..N."""
-    gen = unwrap(model)
-    if len(schedule) == 1:
-        return gen.codebook.new_zeros(tokens[0].shape[0], 0, gen.config.codebook_dim)
-    return torch.cat([gen.upsample_tokens(t, s) for t, s in zip(tokens[: len(schedule) - 1], schedule.scales[1:])], dim=1)
+    """Token maps (B, h_i^2) of scales 1..N-1 -> generator inputs (B, L - h_1^2, Cvae) of scales 2..N,
+    built the way the model's family builds them (FlexVAR: each map up-sampled; VAR: the running f-hat)."""
+    return unwrap(model).inputs_from_maps(tokens, schedule)
 
 
 def null_labels(model: nn.Module, label_B: torch.Tensor) -> torch.Tensor:
@@ -113,6 +111,8 @@ def stagger_scale_rollout(
     context: str = "full",
     sample_graded: bool = False,
     rng: torch.Generator | None = None,
+    ground_truth: Sequence[torch.Tensor] | None = None,
+    residual_context: str = "ground_truth_below",
 ) -> StudentRollout:
     """SSR: shift the teacher pass's drawn predictions one scale up and run the student pass on them.
 
@@ -123,6 +123,10 @@ def stagger_scale_rollout(
     `full`: one parallel pass over the scales up to the highest graded one; `single_scale`: the
     student sees only the start (class) token and the up-sampled input of its one graded scale.
     `sample_graded` also draws the teacher's tokens at the graded scales (hard CSFL targets).
+    `ground_truth` (the batch's token maps) and `residual_context` feed families whose inputs
+    accumulate every earlier scale (VAR's f-hat): `ground_truth_below` keeps the ground truth below
+    the drawn scale, `own_draws` accumulates the drawn maps of every earlier scale
+    (`VarGenerator.staggered_inputs`); FlexVAR's inputs read the drawn map alone.
     """
     N, top = len(schedule), graded.stop - 1
     sub = prefix(schedule, top + 1 if sample_graded else top)
@@ -132,22 +136,29 @@ def stagger_scale_rollout(
     teacher_samples = draw_scales(draw, teacher_logits_BLV[:, : sub.num_tokens], uncond, sub, N, rng)
     inputs = teacher_samples[:top]
     feed = prefix(schedule, top)
+    gen = unwrap(model)
+
+    def staggered(maps, sub):
+        return gen.staggered_inputs(ground_truth, maps, sub, residual_context)
+
     for _ in range(depth - 1):
-        cond, uncond = predict(model, label_B, shifted_inputs(model, inputs, feed), feed, draw.guided)
+        cond, uncond = predict(model, label_B, staggered(inputs, feed), feed, draw.guided)
         inputs = draw_scales(draw, cond, uncond, feed, N, rng)
-    return StudentRollout(graded, student_pass(model, label_B, inputs, schedule, graded, context), inputs, teacher_samples)
+    logits = student_pass(model, label_B, inputs, schedule, graded, context, staggered)
+    return StudentRollout(graded, logits, inputs, teacher_samples)
 
 
-def student_pass(model, label_B, inputs, schedule: ScaleSchedule, graded: range, context: str) -> torch.Tensor:
+def student_pass(model, label_B, inputs, schedule: ScaleSchedule, graded: range, context: str, staggered) -> torch.Tensor:
     """Differentiable pass on self-generated inputs -> (B, l, V) logits of the graded scales."""
     if context == "single_scale":
         if len(graded) != 1:
             raise ValueError(f"a single-scale student pass grades one scale, got {len(graded)}")
         s = graded.start
         pair = ScaleSchedule((schedule[0], schedule[s]))
-        return model(label_B, unwrap(model).upsample_tokens(inputs[s - 1], schedule[s]), pair)[:, pair.slices[1]]
+        x_BlCv = staggered(inputs, prefix(schedule, s + 1))[:, -schedule.token_counts[s]:]  # scale s's input alone
+        return model(label_B, x_BlCv, pair)[:, pair.slices[1]]
     sub = prefix(schedule, graded.stop)
-    return model(label_B, shifted_inputs(model, inputs, sub), sub)[:, span(sub, graded)]
+    return model(label_B, staggered(inputs, sub), sub)[:, span(sub, graded)]
 
 
 @torch.no_grad()

@@ -20,7 +20,8 @@ from sar_core.schedule import ScaleSchedule
 if TYPE_CHECKING:
     from sar_core.objectives.build import Objective
 
-SAR_FIELDS = ("gamma", "rollout_depth", "csfl_target", "csfl_scales", "student_context", "student_fraction")
+SAR_FIELDS = ("gamma", "rollout_depth", "csfl_target", "csfl_scales", "student_context", "student_fraction",
+              "residual_context")
 _SCALES_WORDS = {"all": "all scales", "last": "the last scale", "random_one": "one random scale"}
 
 
@@ -33,7 +34,8 @@ def sar_step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
     n = math.ceil(cfg.student_fraction * label_B.shape[0])  # the student rows: a cost knob
     graded = graded_scales(cfg.csfl_scales, len(schedule), s.rng)
     ssr = stagger_scale_rollout(s.model, label_B[:n], teacher[:n], s.x_tf_BlCv[:n], schedule, graded, objective.draw,
-                                cfg.rollout_depth, cfg.student_context, cfg.csfl_target == "teacher_hard", s.rng)
+                                cfg.rollout_depth, cfg.student_context, cfg.csfl_target == "teacher_hard", s.rng,
+                                [m[:n] for m in batch.token_maps()], cfg.residual_context)
     targets = csfl_targets(cfg.csfl_target, schedule, graded, teacher_logp[:n], ssr.teacher_samples, batch.tokens[:n])
     sizes = ScaleSchedule(schedule.scales[graded.start:graded.stop])
     loss_csf, csf_S = csfl_loss(ssr.logits, targets, sizes, objective.weighting(sizes.scales, teacher.device))

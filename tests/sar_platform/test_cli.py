@@ -30,6 +30,7 @@ def base_argv(command: str, spec: str) -> list[str]:
         "jobs stop": ["sar-job-1", *CLUSTER],
         "sample": CHECKPOINTS, "eval": CHECKPOINTS, "data": ["fashion-mnist"],
         "import-flexvar": ["--generator", "g.pth", "--vqvae", "v.pth", "--out", "out"],
+        "import-var": ["--generator", "var_d16.pth", "--vqvae", "vae.pth", "--out", "out"],
     }[command]
 
 
@@ -87,7 +88,7 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
     monkeypatch.setenv("SAR_SUBMITTED_SPEC", train_spec("submitted"))  # what `sar run --submitted` reads
     commands = subcommands()
     assert set(commands) == {"validate", "schema", "run", "submit", "jobs list", "jobs status", "jobs logs", "jobs stop",
-                             "ui", "report", "sample", "eval", "import-flexvar", "data"}
+                             "ui", "report", "sample", "eval", "import-flexvar", "import-var", "data"}
     checked = []
     for command, parser in commands.items():
         base = [*command.split(), *base_argv(command, specs[0])]
@@ -107,7 +108,8 @@ def test_every_flag_of_every_subcommand_changes_what_the_command_builds(specs, t
     assert "eval seed" in checked and "run num_cpus" in checked and "run submitted" in checked and "ui port" in checked and "submit shared_path" in checked
     assert "jobs logs follow" in checked and "jobs stop no_wait" in checked and "report tracking_uri" in checked
     assert {"run wait_for_nodes", "submit wait_for_nodes", "validate skip_remote", "ui address"} <= set(checked)
-    assert len(checked) >= 58
+    assert "import-var generator" in checked and "import-var vqvae" in checked and "import-var out" in checked
+    assert len(checked) >= 61
 
 
 def test_eval_cfg_takes_one_weight_or_a_grid():

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sar_core.checkpoint import CheckpointError, read_header
 from sar_core.data.dataset import DataDamagedError
+from sar_core.families import family, unread_objective_fields
+from sar_core.objectives import ObjectiveConfig
 from sar_platform.services.storage import StorageUnreachable, Workspace
 from sar_platform.spec.common import STEP_REF, external_run, step_output
 
@@ -28,6 +31,14 @@ class CheckContext:
     """Leave s3:// inputs unchecked (`sar validate --skip-remote`, for a machine without S3 access)."""
     skipped: list[str] = field(default_factory=list)
     """The fields left unchecked because they are remote and `skip_remote` is set."""
+    generators: dict = field(default_factory=dict)
+    """The generator configs that earlier train steps will produce (by step name)."""
+    written: Callable[[str], bool] | None = None
+    """Whether the spec file writes a dotted field path (None: the job was not read from a file)."""
+
+    def writes(self, dotted: str, differs_from_default: bool) -> bool:
+        """Whether the spec sets a field; for a job built without a file, whether its value is not the default."""
+        return self.written(dotted) if self.written is not None else differs_from_default
 
 
 def _other_pipelines_output(ref: str, kind: str, field_: str, ctx: CheckContext) -> str | None:
@@ -135,11 +146,35 @@ def check_tokenizer(job, ctx: CheckContext, prefix: str = "") -> None:
     ctx.tokenizers[job.name] = job.model
 
 
+def _step_generator(path: str, field_: str, ctx: CheckContext):
+    """The generator config behind a checkpoint path or a `step:<name>` of an earlier train step."""
+    gen = _header(path, "generator", field_, ctx)
+    if gen is None and (m := STEP_REF.match(path)):
+        gen = ctx.generators.get(m.group(1))
+    return gen
+
+
+def _check_init_family(job, gen, ctx: CheckContext, prefix: str) -> None:
+    """What the spec could not check at load for a job whose family comes from init_from alone: the
+    objective settings only other families read, and schedules the family cannot train on."""
+    defaults = ObjectiveConfig()
+    for name, why in unread_objective_fields(gen.family).items():
+        path = f"{prefix}objective.{name}"
+        if ctx.writes(path, getattr(job.objective, name) != getattr(defaults, name)):
+            ctx.problems.append(f"{path}: {why}; init_from {job.init_from} holds a {gen.family} generator")
+    generator = family(gen.family).generator
+    if (problem := generator.training_schedule_problem(gen, job.schedule.scales, job.schedule.random)) is not None:
+        ctx.problems.append(f"{prefix}schedule: {problem} (init_from {job.init_from} holds a {gen.family} generator)")
+
+
 def check_train(job, ctx: CheckContext, prefix: str = "") -> None:
     tok = _step_tokenizer(job.tokenizer, f"{prefix}tokenizer", ctx)
     gen = job.model
     if job.init_from is not None:
-        gen = _header(job.init_from, "generator", f"{prefix}init_from", ctx) or gen
+        gen = _step_generator(job.init_from, f"{prefix}init_from", ctx) or gen
+        if job.model is None and gen is not None:
+            _check_init_family(job, gen, ctx, prefix)
+    ctx.generators[job.name] = gen
     if _check_data(job.data, f"{prefix}data", ctx):
         _check_batch(job, prefix, ctx)
     if tok is not None and job.schedule.scales[-1] != tok.latent_size:

@@ -15,6 +15,7 @@ from sar_core.data.fashion_mnist import FashionMNISTConfig
 from sar_core.data.image_folder import ImageFolderConfig
 from sar_core.eval.config import ContinuationConfig, MetricConfig
 from sar_core.eval.guidance import EvalSampling
+from sar_core.families import family, unread_objective_fields
 from sar_core.generator import GeneratorConfig
 from sar_core.objectives import ObjectiveConfig
 from sar_core.schedule import ScaleSchedule
@@ -175,7 +176,7 @@ class TokenizerJob(JobCommon):
 
     def unread_fields(self) -> Unread:
         return {**super().unread_fields(), **prefixed(("data",), self.data.unread_fields(self.kind)),
-                **prefixed(("optim",), self.optim.unread_fields()),
+                **prefixed(("optim",), self.optim.unread_fields()), **prefixed(("model",), self.model.unread_fields()),
                 ("log", "diagnostics_every"): "is not read by tokenizer jobs (there is no train-test gap to measure)"}
 
     def summary(self) -> str:
@@ -217,6 +218,9 @@ class TrainJob(JobCommon):
         out = {**super().unread_fields(), **prefixed(("objective",), self.objective.unread_fields()),
                **prefixed(("optim",), self.optim.unread_fields()), **prefixed(("schedule",), self.schedule.unread_fields()),
                **prefixed(("eval",), self.eval.unread_fields()), **prefixed(("data",), self.data.unread_fields(self.kind))}
+        if self.model is not None:
+            out.update(prefixed(("model",), self.model.unread_fields()))
+            out.update(prefixed(("objective",), unread_objective_fields(self.model.family)))
         if not self.reads_probe:
             out[("probe",)] = "is only read with log.diagnostics_every > 0 or evaluation figures"
         else:
@@ -230,6 +234,10 @@ class TrainJob(JobCommon):
             out += [(("eval", *f), msg) for f, msg in self.eval.conflicts(scales)]
         where = "schedule draws that end" if self.schedule.random else "schedule.scales, which ends"
         out += [(("objective", f), msg) for f, msg in self.objective.schedule_conflicts(self.schedule.smallest_last(), where)]
+        if self.model is not None:
+            generator = family(self.model.family).generator
+            if (problem := generator.training_schedule_problem(self.model, scales, self.schedule.random)) is not None:
+                out.append((("schedule",), problem))
         if len(scales) < 2:
             out.append((("schedule", "scales"), "training needs at least two scales (the first is predicted from the class "
                                                 "token alone)"))

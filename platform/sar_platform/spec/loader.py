@@ -62,6 +62,11 @@ class Locator:
         line, col = self.positions.get(path, self.positions.get((), (1, 1)))
         return f"{self.source}:{line}:{col}"
 
+    def writes(self, dotted: str) -> bool:
+        """Whether the file itself writes the field at this dotted path (not a default or a preset)."""
+        path = tuple(int(p) if p.isdigit() else p for p in dotted.split("."))
+        return path in self.positions
+
 
 class _LimitError(yaml.MarkedYAMLError):
     """A limit of `_BoundedLoader` exceeded, at the node where it happened."""

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from sar_core.checkpoint import CheckpointError, load_model, load_state_strict, read_tensors, save_model
 from sar_core.eval.continuation import evaluate_continuation
+from sar_core.families import build_generator
 from sar_core.generator import ScaleGenerator, unwrap
 from sar_core.objectives import RolloutDraw, TokenBatch, build_objective, gap_diagnostics, probe_batch
 from sar_core.objectives.diagnostics import GaugeSettings
@@ -28,12 +29,12 @@ CHECKPOINT_FILE = "generator.safetensors"
 
 
 def compatible(model: ScaleGenerator, tokenizer) -> None:
-    """A generator only makes sense with the tokenizer whose codebook it was trained on."""
-    codes = tokenizer.normalized_codebook().to(model.codebook.device)
-    if model.codebook.shape != codes.shape or not torch.allclose(model.codebook, codes, atol=1e-5):
+    """A generator only makes sense with the tokenizer whose codebook (and, for VAR, phi) it was trained on."""
+    if model.family != tokenizer.family or not model.matches_tokenizer(tokenizer):
         raise CheckpointError(
-            f"the generator's codebook {tuple(model.codebook.shape)} is not the tokenizer's {tuple(codes.shape)}: "
-            "the generator was trained with another tokenizer"
+            f"the {model.family} generator's input buffers (codebook {tuple(model.codebook.shape)}) are not those of the "
+            f"{tokenizer.family} tokenizer (codebook {tuple(tokenizer.codebook.weight.shape)}): the generator was "
+            "trained with another tokenizer"
         )
 
 
@@ -53,7 +54,7 @@ class GeneratorTask:
             model = load_model(self.workspace.local_copy(self.inputs.init_from), kind="generator")
         else:
             torch.manual_seed(self.job.seed)
-            model = ScaleGenerator(self.job.model).set_codebook(self.tokenizer.codebook.weight.detach().cpu())
+            model = build_generator(self.job.model).attach_tokenizer(self.tokenizer)
         model = model.to(device)
         compatible(model, self.tokenizer)
         self.probe = self.build_probe() if self.job.reads_probe else None

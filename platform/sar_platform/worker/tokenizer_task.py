@@ -13,7 +13,8 @@ import torch.nn as nn
 from sar_core.checkpoint import load_state_strict, read_tensors, save_model
 from sar_core.data.order import batch_indices
 from sar_core.schedule import ScaleSchedule
-from sar_core.tokenizer import MultiScaleVQ, codebook_perplexity
+from sar_core.families import build_tokenizer
+from sar_core.tokenizer import codebook_perplexity
 from sar_platform.worker import loop
 
 CHECKPOINT_FILE = "tokenizer.safetensors"
@@ -29,7 +30,7 @@ class TokenizerTask:
     def build(self, device: torch.device) -> nn.Module:
         self.device = device
         torch.manual_seed(self.job.seed)
-        return MultiScaleVQ(self.job.model).to(device)
+        return build_tokenizer(self.job.model).to(device)
 
     def batches(self, rank: int, world: int, start_step: int):
         for idx in batch_indices(len(self.train_images), self.job.optim.batch_size, rank, world, self.job.seed, start_step):
@@ -49,8 +50,7 @@ class TokenizerTask:
         images = self.test_images.batch(torch.arange(n)).to(self.device)
         model.eval()
         recon, _, _ = model(images)
-        latent = model.config.latent_size
-        idx = model.tokenize_flat(images, ScaleSchedule(range(1, latent + 1)))
+        idx = model.tokenize_flat(images, ScaleSchedule(model.token_scales()))
         model.train()
         V = model.config.codebook_size
         metrics = {
