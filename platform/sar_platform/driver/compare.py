@@ -36,6 +36,7 @@ from sar_core.objectives.metrics import scale_key
 from sar_platform.driver.guidance import at_best_guidance, grid, report_key
 from sar_platform.driver.report import DECIMALS, comparison_table, gap_figure, guidance_figure, log_table
 from sar_platform.services.tracking import DESCRIPTION_TAG, RunHandle, flatten, metric_key
+from sar_platform.spec.overrides import trial_job
 from sar_platform.spec.reads import read_spec
 
 ALPHA = 0.05  # family-wise error rate of the Holm-adjusted stars and verdicts
@@ -427,8 +428,11 @@ def sweep_arms(name: str, sweep, trials: list[dict]) -> list[Arm]:
     for trial in trials:
         key = tuple((p, str(trial.get(p))) for p in sweep.space)
         label = ",".join(f"{p}={v}" for p, v in key)
-        arm = configs.setdefault(key, Arm(f"{name}[{label}]" if label else name, sweep.train.summary(),
-                                          {**flatten(read_spec(sweep.train)), **dict(key)}, start=sweep.train.init_from))
+        if key not in configs:  # described by the configuration it trained, not by the sweep's template
+            job = trial_job(sweep, {p: trial.get(p) for p in sweep.space})
+            configs[key] = Arm(f"{name}[{label}]" if label else name, job.summary(),
+                               {**flatten(read_spec(job)), **dict(key)}, start=job.init_from)
+        arm = configs[key]
         if trial.get("status") == "finished":
             arm.results[int(trial.get("seed", sweep.seed))] = trial
     return list(configs.values())

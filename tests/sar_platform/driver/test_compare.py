@@ -72,6 +72,7 @@ def test_a_sweep_with_seeds_becomes_one_arm_per_configuration():
     trials.append({"trial": "t4", "objective.gamma": 1.0, "seed": 2, "status": "error"})
     arms = sweep_arms("sw", sweep, trials)
     assert [a.name for a in arms] == ["sw[objective.gamma=0.0]", "sw[objective.gamma=1.0]"]
+    assert "γ=0" in arms[0].summary and "γ=1" in arms[1].summary  # each arm says what it trained, not the template
     assert arms[1].values("fid") == {0: 11.0, 1: 12.0} and arms[1].start.endswith(FROM)  # the errored trial is left out
     (d,) = Comparison(arms, arms[0].name).differences()
     assert d["fid_diff"] == pytest.approx(1.0) and d["basis"] == "paired over 2 seeds" and d["fid_ci95"] == 0.0
