@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sar_platform.services.mlflow_server import ensure_server, state_file, stop_server
 from tests.support.holds import Holds
-from tests.support.processes import wait_until
+from tests.support.processes import interruptible, wait_until
 
 START = "import sys, json; from sar_platform.services.mlflow_server import ensure_server; " \
         "info = ensure_server(sys.argv[1], port=0); print(json.dumps({'pid': info.pid, 'port': info.port}))"
@@ -49,7 +49,8 @@ def test_an_interrupted_start_leaves_no_orphan_server(tmp_path):
     # the starting process stops it on its way out
     root, holds = tmp_path / "mlflow", Holds(tmp_path / "holds")
     holds.arm(STARTED)
-    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True, env=holds.env)
+    start = subprocess.Popen([sys.executable, "-c", START, str(root)], stdout=subprocess.PIPE, text=True, env=holds.env,
+                             preexec_fn=interruptible)
     holds.wait(STARTED, 120, alive=lambda: start.poll() is None)
     pid = json.loads(state_file(root).read_text())["pid"]
     os.kill(start.pid, signal.SIGINT)

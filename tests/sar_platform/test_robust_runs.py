@@ -25,7 +25,8 @@ from sar_platform.runner import run_job
 from sar_platform.services.mlflow_server import ensure_server, stop_server
 from sar_platform.spec import load_located_job
 from tests.conftest import REPO
-from tests.support.processes import SAR, command, descendants, environment, free_port, is_loopback, sockets_of, wait_until
+from tests.support.processes import (SAR, command, descendants, environment, free_port, interruptible, is_loopback,
+                                     sockets_of, wait_until)
 from tests.support.servers import experiment_runs, mlflow_server
 from tests.conftest import TINY_GENERATOR
 from tests.support.specs import EVAL, flow_yaml, local_run, sweep_spec, train_body, train_spec, write_spec, written_fields
@@ -120,7 +121,8 @@ class Job:
     def __init__(self, path: Path, *flags: str):
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([*SAR, "run", str(path), "--num-cpus", "2", *flags], cwd=path.parent, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                                     preexec_fn=interruptible)
         self.pid, self.lines = self.proc.pid, []
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")), daemon=True)
         self.reader.start()

@@ -16,8 +16,14 @@ from sar_platform.driver.embedded_ray import LOOPBACK, descendants, free_loopbac
 
 SAR = [sys.executable, "-m", "sar_platform.cli"]
 
-__all__ = ["LOOPBACK", "SAR", "command", "descendants", "environment", "free_port", "free_ports", "is_loopback",
-           "kill_marked", "listening_sockets", "marked_pids", "sockets_of", "wait_until"]
+__all__ = ["LOOPBACK", "SAR", "command", "descendants", "environment", "free_port", "free_ports", "interruptible",
+           "is_loopback", "kill_marked", "listening_sockets", "marked_pids", "sockets_of", "wait_until"]
+
+
+def interruptible() -> None:
+    """`preexec_fn` of a child that a test sends SIGINT (Ctrl-C): its default action restored, which a
+    test runner started in the background or under nohup passes on as ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def free_ports(n: int) -> list[int]:

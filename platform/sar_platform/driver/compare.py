@@ -45,6 +45,7 @@ GAUGES = (*RAW_GAPS.values(), *CALIBRATED_GAPS.values(), *(diag_key(f"acc_gap/{c
 the raw loss gaps, the calibrated ones and the calibrated agreement gaps. Estimates, not differences,
 so they are not in the Holm family."""
 CONTINUATION_FID = re.compile(r"cont/k(\d+)/fid$")  # continuation quality from k ground-truth scales
+EARLY_FID = re.compile(r"fid_at/s(\d+)$")  # FID of the generation stopped at an earlier scale (eval.metrics.fid_at_scales)
 PER_SCALE = re.compile(r"diag/tf/loss/s(\d+)$")  # the scales an arm measured (keys named by `scale_key`)
 
 COMPARED_TAG = "sar.compared"
@@ -61,6 +62,8 @@ GUIDANCE_NOTE = ("(cfg: the guidance each arm is reported at, the lowest mean FI
 GAUGES_NOTE = ("(train-test gaps on the probe over scales 2..N, each context minus teacher forcing: sf one-step "
                "student forcing, ar full rollout; gap: nats per token, moved by any rescaling of the logits; "
                "cal/gap: the same after one fitted temperature per run; cal/acc_gap: top-1 agreement lost)")
+EARLY_NOTE = ("(FID of each generation stopped at that scale, decoded and resized to the image size, against the "
+              "same real images: the paper's FID @ 4 of Table 2, at the arm's chosen guidance)")
 CONTINUATION_NOTE = ("(FID of images whose first k scales are real images' tokens and the rest the model's own: "
                      "k0 is plain generation; how errors accumulate scale by scale)")
 LOSS_NOTE = ("Training curves: chart `loss/tf_nll` to compare arms (the training batch's teacher-forced cross-entropy "
@@ -298,7 +301,7 @@ class Comparison:
 
     def tables(self) -> list[Table]:
         """The comparison's tables as shown (cells with their uncertainty): arms, differences,
-        guidance curves, gauges, continuation; those with nothing to show are left out."""
+        guidance curves, gauges, FID at earlier scales, continuation; those with nothing to show are left out."""
         metrics, diffs = self.metrics(), self.differences()
         arms = [{"arm": a.name, "n": max(1, len(a.results)), "cfg": self.guidance.get(a.name, "-"),
                  **{m: estimate(a, m).cell(m) for m in metrics}} for a in self.arms]
@@ -310,6 +313,8 @@ class Comparison:
             out.append(self.curves_table(curves))
         if cells := self.gap_cells():
             out.append(Table("gauges", ["arm", *(k.removeprefix("diag/") for k in GAUGES)], cells, (GAUGES_NOTE,)))
+        if cells := self.early_scale_cells():
+            out.append(Table("earlier scales", list(cells[0]), cells, (EARLY_NOTE,)))
         if cells := self.continuation_cells():
             out.append(Table("continuation", list(cells[0]), cells, (CONTINUATION_NOTE,)))
         return out
@@ -350,6 +355,12 @@ class Comparison:
         directions = directions_line(self.metrics())
         text += ["", f"{directions[:1].upper()}{directions[1:]}.", "", LOSS_NOTE]
         return "\n".join(text)
+
+    def early_scale_cells(self) -> list[dict]:
+        """Per arm that measured it: FID of its generations stopped at every measured earlier scale."""
+        keys = sorted({k for a in self.arms for r in a.results.values() for k in r if EARLY_FID.fullmatch(k)})
+        return [{"arm": a.name, **{f"fid @{int(EARLY_FID.fullmatch(k).group(1))}": estimate(a, k).cell("fid") for k in keys}}
+                for a in self.arms if any(a.values(k) for k in keys)]
 
     def continuation_cells(self) -> list[dict]:
         """Per arm that measured it: continuation FID from every k of ground-truth scales."""

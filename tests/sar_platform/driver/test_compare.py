@@ -200,3 +200,14 @@ def test_each_arm_is_reported_on_the_report_set_at_the_guidance_its_selection_se
     assert all(r["se"] == 0.4 for r in c1.guidance_curves() if r["metric"] == "fid")
     del sar.results[2]["cfg/2/select/fid"]
     assert Comparison([sar], None).guidance == {"sar": "1"}  # g = 2 lacks a seed's selection FID: 1 beats 1.5
+
+
+def test_fid_at_an_earlier_scale_gets_its_own_table_with_intervals_across_seeds():
+    tf, sar = arm("tf", [20.0, 23.0, 26.0], kind="tf"), arm("sar", [19.0, 22.1, 24.9])
+    for a, early in ((tf, [40.0, 42.0, 44.0]), (sar, [35.0, 36.0, 37.0])):
+        for seed, value in enumerate(early):
+            a.results[seed].update({"fid_at/s04": value, "fid_at/s04_se": 0.3})
+    (table,) = [t for t in Comparison([tf, sar], "tf").tables() if t.name == "earlier scales"]
+    assert table.columns == ["arm", "fid @4"]
+    assert table.rows[0]["fid @4"].startswith("42.00 ± ") and table.rows[1]["fid @4"].startswith("36.00 ± ")
+    assert not [t for t in Comparison([arm("tf", [20.0])], None).tables() if t.name == "earlier scales"]
