@@ -53,12 +53,14 @@ def best_guidance(arm) -> str | None:
 
 
 def at_guidance(arm, g: str):
-    """`arm` with its plain headline keys (m, m_se) replaced by its report-set values at guidance g."""
+    """`arm` with its plain headline keys (m, m_se), and every other report-set key logged per
+    guidance (fid_at/sNN), replaced by its report-set values at guidance g."""
+    prefix, select = report_key(g, ""), select_key(g, "")
     results = {}
     for seed, metrics in arm.results.items():
         plain = {k: v for k, v in metrics.items() if k.removesuffix("_se") not in HEADLINE_METRICS}
-        at_g = {k: metrics[report_key(g, k)] for m in HEADLINE_METRICS for k in (m, f"{m}_se")
-                if isinstance(metrics.get(report_key(g, k)), (int, float))}
+        at_g = {k.removeprefix(prefix): v for k, v in metrics.items()
+                if k.startswith(prefix) and not k.startswith(select) and isinstance(v, (int, float))}
         results[seed] = {**plain, **at_g}
     return dataclasses.replace(arm, results=results)
 

@@ -211,3 +211,12 @@ def test_fid_at_an_earlier_scale_gets_its_own_table_with_intervals_across_seeds(
     assert table.columns == ["arm", "fid @4"]
     assert table.rows[0]["fid @4"].startswith("42.00 ± ") and table.rows[1]["fid @4"].startswith("36.00 ± ")
     assert not [t for t in Comparison([arm("tf", [20.0])], None).tables() if t.name == "earlier scales"]
+
+
+def test_an_arm_with_a_grid_reports_its_fid_at_an_earlier_scale_at_the_chosen_guidance():
+    sar = with_grid(arm("sar", [20.0, 23.0, 26.0]), report={"1": 0.0, "2": -1.0}, select={"1": 0.0, "2": -2.0})
+    for seed, metrics in sar.results.items():
+        metrics.update({"cfg/1/fid_at/s04": 50.0 + seed, "cfg/2/fid_at/s04": 40.0 + seed, "fid_at/s04": 99.0})
+    c = Comparison([sar], None)
+    assert c.guidance == {"sar": "2"} and c.arms[0].values("fid_at/s04") == {0: 40.0, 1: 41.0, 2: 42.0}
+    assert "cfg/2/select/fid" in c.arms[0].results[0] and "select/fid" not in c.arms[0].results[0]
