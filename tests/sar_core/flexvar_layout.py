@@ -3,16 +3,9 @@ documented listing for any size, so the importer can be tested without downloadi
 from __future__ import annotations
 
 
-def generator_layout(depth=16, V=8912, cvae=32, num_classes=1000, pos_grid=32, mlp_ratio=4):
-    C = 64 * depth
-    shapes = {
-        "pos_start": (1, 1, C),
-        "pos_1LC": (1, C, pos_grid, pos_grid),
-        "attn_bias_for_masking": (1, 1, 680, 680),
-        "word_embed.weight": (C, cvae),
-        "word_embed.bias": (C,),
-        "class_emb.weight": (num_classes + 1, C),
-    }
+def adaln_blocks_and_head(depth: int, C: int, V: int, mlp_ratio: int) -> dict[str, tuple]:
+    """The AdaLN transformer blocks and head that FlexVAR and VAR share, key by key."""
+    shapes = {}
     for i in range(depth):
         b = f"blocks.{i}."
         shapes.update({
@@ -36,6 +29,20 @@ def generator_layout(depth=16, V=8912, cvae=32, num_classes=1000, pos_grid=32, m
         "head.weight": (V, C),
         "head.bias": (V,),
     })
+    return shapes
+
+
+def generator_layout(depth=16, V=8912, cvae=32, num_classes=1000, pos_grid=32, mlp_ratio=4):
+    C = 64 * depth
+    shapes = {
+        "pos_start": (1, 1, C),
+        "pos_1LC": (1, C, pos_grid, pos_grid),
+        "attn_bias_for_masking": (1, 1, 680, 680),
+        "word_embed.weight": (C, cvae),
+        "word_embed.bias": (C,),
+        "class_emb.weight": (num_classes + 1, C),
+    }
+    shapes.update(adaln_blocks_and_head(depth, C, V, mlp_ratio))
     buffers = {"attn_bias_for_masking"} | {f"blocks.{i}.attn.zero_k_bias" for i in range(depth)}
     return shapes, buffers
 

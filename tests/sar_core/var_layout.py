@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from tests.sar_core.flexvar_layout import adaln_blocks_and_head
+
 PUBLISHED_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
@@ -24,28 +26,8 @@ def generator_layout(depth=16, V=4096, cvae=32, num_classes=1000, scales=PUBLISH
         "pos_1LC": (1, L, C),
         "lvl_embed.weight": (len(scales), C),
     }
-    for i in range(depth):
-        b = f"blocks.{i}."
-        shapes.update({
-            b + "attn.scale_mul_1H11": (1, depth, 1, 1),
-            b + "attn.q_bias": (C,),
-            b + "attn.v_bias": (C,),
-            b + "attn.zero_k_bias": (C,),
-            b + "attn.mat_qkv.weight": (3 * C, C),
-            b + "attn.proj.weight": (C, C),
-            b + "attn.proj.bias": (C,),
-            b + "ffn.fc1.weight": (mlp_ratio * C, C),
-            b + "ffn.fc1.bias": (mlp_ratio * C,),
-            b + "ffn.fc2.weight": (C, mlp_ratio * C),
-            b + "ffn.fc2.bias": (C,),
-            b + "ada_lin.1.weight": (6 * C, C),
-            b + "ada_lin.1.bias": (6 * C,),
-        })
+    shapes.update(adaln_blocks_and_head(depth, C, V, mlp_ratio))
     shapes.update({
-        "head_nm.ada_lin.1.weight": (2 * C, C),
-        "head_nm.ada_lin.1.bias": (2 * C,),
-        "head.weight": (V, C),
-        "head.bias": (V,),
         "lvl_1L": (1, L),
         "attn_bias_for_masking": (1, 1, L, L),
     })
