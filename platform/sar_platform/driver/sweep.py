@@ -14,6 +14,7 @@ Runs in the `sar` process; `run_trial` runs in the Tune trial's own process.
 from __future__ import annotations
 
 import math
+import sys
 from functools import partial
 
 import ray.tune
@@ -58,8 +59,18 @@ def trial_run_name(run_name: str, trial_id: str) -> str:
     return f"{run_name}.{trial_id}"
 
 
+def quiet_actor_exit(unraisable) -> None:
+    """Tune ends a finished trial's process with SIGTERM, and Ray's handler raises SystemExit wherever
+    the process happens to be. Inside a garbage-collection callback Python cannot raise it and prints
+    "Exception ignored ... SystemExit" to the user's console: the process's normal end, not a
+    fault. Only that is dropped; every other unraisable exception goes to Python's own hook."""
+    if not isinstance(unraisable.exc_value, SystemExit):
+        sys.__unraisablehook__(unraisable)
+
+
 def run_trial(config: dict, sweep, session_state: dict, parent: RunHandle, run_name: str) -> None:
     """The Tune trainable: this trial's train spec, run as a train job under the sweep's MLflow run."""
+    sys.unraisablehook = quiet_actor_exit
     trial_id = ray.tune.get_context().get_trial_id()
     name = trial_run_name(run_name, trial_id)
     tags = {"sar.trial_id": trial_id, **{f"sar.sweep.{k}": str(v) for k, v in config.items()}}
