@@ -47,22 +47,28 @@ def generator_layout(depth=16, V=8912, cvae=32, num_classes=1000, pos_grid=32, m
     return shapes, buffers
 
 
-def vqvae_layout(base=128, mult=(1, 1, 2, 2, 4), nres=2, z=256, V=8912, cvae=32, in_ch=3):
-    shapes = {}
+class ConvShapes(dict):
+    """Key -> shape of a convolutional VQ-VAE, added layer by layer. FlexVAR's and VAR's VQ-VAEs share
+    these layers and differ in their names and in how attention holds q, k and v."""
 
-    def conv(name, cout, cin, k):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
+    def conv(self, name: str, cout: int, cin: int, k: int) -> None:
+        self[f"{name}.weight"], self[f"{name}.bias"] = (cout, cin, k, k), (cout,)
 
-    def norm(name, c):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
+    def norm(self, name: str, c: int) -> None:
+        self[f"{name}.weight"], self[f"{name}.bias"] = (c,), (c,)
 
-    def res(name, cin, cout):
-        norm(f"{name}.norm1", cin)
-        conv(f"{name}.conv1", cout, cin, 3)
-        norm(f"{name}.norm2", cout)
-        conv(f"{name}.conv2", cout, cout, 3)
+    def res(self, name: str, cin: int, cout: int) -> None:
+        self.norm(f"{name}.norm1", cin)
+        self.conv(f"{name}.conv1", cout, cin, 3)
+        self.norm(f"{name}.norm2", cout)
+        self.conv(f"{name}.conv2", cout, cout, 3)
         if cin != cout:
-            conv(f"{name}.nin_shortcut", cout, cin, 1)
+            self.conv(f"{name}.nin_shortcut", cout, cin, 1)
+
+
+def vqvae_layout(base=128, mult=(1, 1, 2, 2, 4), nres=2, z=256, V=8912, cvae=32, in_ch=3):
+    shapes = ConvShapes()
+    conv, norm, res = shapes.conv, shapes.norm, shapes.res
 
     def attn(name, c):
         norm(f"{name}.norm", c)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.sar_core.flexvar_layout import adaln_blocks_and_head
+from tests.sar_core.flexvar_layout import ConvShapes, adaln_blocks_and_head
 
 PUBLISHED_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
@@ -37,21 +37,8 @@ def generator_layout(depth=16, V=4096, cvae=32, num_classes=1000, scales=PUBLISH
 
 def vqvae_layout(ch=160, mult=(1, 1, 2, 2, 4), nres=2, V=4096, cvae=32, in_ch=3, phi=4, num_scales=10):
     """`phi`: the number of partially shared phi convolutions (quantize.quant_resi.qresi_ls.*)."""
-    shapes = {}
-
-    def conv(name, cout, cin, k):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (cout, cin, k, k), (cout,)
-
-    def norm(name, c):
-        shapes[f"{name}.weight"], shapes[f"{name}.bias"] = (c,), (c,)
-
-    def res(name, cin, cout):
-        norm(f"{name}.norm1", cin)
-        conv(f"{name}.conv1", cout, cin, 3)
-        norm(f"{name}.norm2", cout)
-        conv(f"{name}.conv2", cout, cout, 3)
-        if cin != cout:
-            conv(f"{name}.nin_shortcut", cout, cin, 1)
+    shapes = ConvShapes()
+    conv, norm, res = shapes.conv, shapes.norm, shapes.res
 
     def attn(name, c):
         norm(f"{name}.norm", c)
