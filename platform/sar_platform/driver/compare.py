@@ -436,9 +436,10 @@ def step_arms(name: str, step, outputs: dict) -> list[Arm]:
 def sweep_arms(name: str, sweep, trials: list[dict]) -> list[Arm]:
     """One arm per configuration of the searched fields, holding its finished trials by seed."""
     configs: dict[tuple, Arm] = {}
+    names = field_labels(list(sweep.space))
     for trial in trials:
         key = tuple((p, str(trial.get(p))) for p in sweep.space)
-        label = ",".join(f"{p}={v}" for p, v in key)
+        label = ",".join(f"{names[p]}={v}" for p, v in key)
         if key not in configs:  # described by the configuration it trained, not by the sweep's template
             job = trial_job(sweep, {p: trial.get(p) for p in sweep.space})
             configs[key] = Arm(f"{name}[{label}]" if label else name, job.summary(),
@@ -447,3 +448,10 @@ def sweep_arms(name: str, sweep, trials: list[dict]) -> list[Arm]:
         if trial.get("status") == "finished":
             arm.results[int(trial.get("seed", sweep.seed))] = trial
     return list(configs.values())
+
+
+def field_labels(paths: list[str]) -> dict[str, str]:
+    """Each searched field by its last name (`objective.gamma` -> `gamma`) where that names it alone
+    among the sweep's fields, else by its full path: arm names that fit a table and a legend."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: short if last.count(short) == 1 else p for p, short in zip(paths, last)}

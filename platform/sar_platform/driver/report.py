@@ -135,12 +135,19 @@ def gap_figure(gaps: Sequence[dict], path: Path) -> Path | None:
         ax.set_xlabel("scale (tokens per side)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("loss gap to teacher forcing (nats)")
-    axes[0][-1].legend(fontsize=8)
     fig.suptitle("train-test gap per scale on the probe (the legend gives each arm's n and its bars)", fontsize=10)
     fig.tight_layout()
+    legend_below(fig, axes[0][0], len(arms))
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # titles and legends inside the image
     plt.close(fig)
     return path
+
+
+def legend_below(fig, ax, arms: int) -> None:
+    """One legend for every panel, under them, so that no arm's curve hides behind it."""
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(arms, 3), fontsize=8,
+               frameon=False)
 
 
 METRIC_TITLES = {m: f"{name} ({better(m)} is better)" for m, name in
@@ -187,10 +194,10 @@ def guidance_figure(curves: Sequence[dict], path: Path) -> Path | None:
         ax.set_title(METRIC_TITLES[metric], fontsize=10)
         ax.set_xlabel("guidance scale (cfg)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
     fig.suptitle("metrics against guidance on the report sample set (ringed: each arm's guidance, "
                  "chosen by the lowest mean FID on the selection set)", fontsize=9)
     fig.tight_layout()
+    legend_below(fig, axes[0][0], len(arms))
     fig.savefig(path, dpi=110, bbox_inches="tight", pad_inches=0.1)  # titles and legends inside the image
     plt.close(fig)
     return path

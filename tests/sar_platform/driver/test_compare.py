@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from sar_platform.driver.compare import Arm, Comparison, sweep_arms
+from sar_platform.driver.compare import Arm, Comparison, field_labels, sweep_arms
 from sar_platform.spec.jobs import SweepJob
 
 FROM = "ckpt/generator.safetensors"
@@ -71,7 +71,7 @@ def test_a_sweep_with_seeds_becomes_one_arm_per_configuration():
               for i, (g, s) in enumerate([(0.0, 0), (1.0, 0), (0.0, 1), (1.0, 1)])]
     trials.append({"trial": "t4", "objective.gamma": 1.0, "seed": 2, "status": "error"})
     arms = sweep_arms("sw", sweep, trials)
-    assert [a.name for a in arms] == ["sw[objective.gamma=0.0]", "sw[objective.gamma=1.0]"]
+    assert [a.name for a in arms] == ["sw[gamma=0.0]", "sw[gamma=1.0]"]
     assert "γ=0" in arms[0].summary and "γ=1" in arms[1].summary  # each arm says what it trained, not the template
     assert arms[1].values("fid") == {0: 11.0, 1: 12.0} and arms[1].start.endswith(FROM)  # the errored trial is left out
     (d,) = Comparison(arms, arms[0].name).differences()
@@ -104,6 +104,34 @@ def test_the_gap_per_scale_is_the_student_loss_minus_the_teacher_forced_loss_acr
     assert gap_figure(c.gaps(), tmp_path / "gaps.png").stat().st_size > 0
     assert Comparison([no_diag], None).gaps() == [] and gap_figure([], tmp_path / "none.png") is None
 
+
+
+def test_a_sweeps_arms_are_named_by_their_fields_last_names_unless_two_share_one():
+    assert field_labels(["objective.gamma", "objective.rollout_depth"]) == {"objective.gamma": "gamma",
+                                                                            "objective.rollout_depth": "rollout_depth"}
+    assert field_labels(["objective.rollout.cfg", "eval.sampling.cfg", "optim.lr"]) == {
+        "objective.rollout.cfg": "objective.rollout.cfg", "eval.sampling.cfg": "eval.sampling.cfg", "optim.lr": "lr"}
+
+
+def test_the_figures_legend_sits_under_every_panel_so_it_hides_no_curve():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sar_platform.driver.report import legend_below
+
+    fig, axes = plt.subplots(1, 3)
+    for i in range(5):
+        for ax in axes:
+            ax.plot([0, 1], [i, i], label=f"arm {i} (mean of n = 3 seeds, 95% t-interval)")
+    legend_below(fig, axes[0], 5)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (legend,) = fig.legends
+    assert len(legend.get_texts()) == 5  # one entry per arm, not per panel
+    assert all(legend.get_window_extent(renderer).y1 <= ax.get_tightbbox(renderer).y0 + 1 for ax in axes)
+    plt.close(fig)
 
 # -- multiplicity: Holm over the family of differences shown ------------------------------------
 
