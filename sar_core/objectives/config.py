@@ -129,8 +129,21 @@ class ObjectiveConfig:
             return {**out, "sampling": why_no_draws, "rollout": why_no_draws}
         return {**out, **unread_rollout_fields(self.sampling, self.rollout)}
 
+    def rollout_words(self) -> str:
+        """How the rollout draws its tokens, with the settings that tell two rollouts apart, e.g.
+        "cfg 2.5 rollout (linear ramp, top-k 900, top-p 0.95)"."""
+        r = self.rollout
+        if self.sampling == "argmax":
+            return "argmax rollout"
+        head = f"cfg {r.cfg:g} rollout" if self.sampling == "cfg" else "stochastic rollout"
+        details = [f"{r.cfg_ramp} ramp"] if self.sampling == "cfg" else []
+        details += [f"top-k {r.top_k}"] if r.top_k > 0 else []
+        details += [f"top-p {r.top_p:g}"] if 0 < r.top_p < 1 else []
+        details += [f"temperature {r.temperature:g}"] if r.temperature != 1 else []
+        return head + (f" ({', '.join(details)})" if details else "")
+
     def summary(self) -> str:
-        """One line saying what this objective is, e.g. "sar (paper preset), γ=1, cfg rollout, ..."."""
+        """One line saying what this objective is, e.g. "sar (paper preset), γ=1, cfg 2.5 rollout (...), ..."."""
         head = self.kind + (f" ({self.preset} preset)" if self.preset else "")
         return ", ".join([head, *OBJECTIVE_KINDS[self.kind].describe(self), f"{self.weighting} weighting"])
 

@@ -79,11 +79,11 @@ def sf_alternate_step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
 
 
 def describe_rollout(config) -> list[str]:
-    return [f"{config.sampling} rollout"]
+    return [config.rollout_words()]
 
 
 def describe_hybrid(config) -> list[str]:
-    return [f"{config.sampling} rollout from scale {config.hybrid_scale}"]
+    return [f"{config.rollout_words()} from scale {config.hybrid_scale}"]
 
 
 def hybrid_schedule_conflicts(config, last: int, where: str) -> list[tuple[str, str]]:

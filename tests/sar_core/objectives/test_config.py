@@ -21,8 +21,19 @@ def test_ssr_no_csfl_is_the_paper_preset_with_the_student_graded_on_the_ground_t
     paper, ssr = OBJECTIVE_PRESETS["paper"], OBJECTIVE_PRESETS["ssr_no_csfl"]
     assert {k for k in ssr if ssr[k] != paper[k]} == {"csfl_target"} and ssr["csfl_target"] == "ground_truth"
     assert ObjectiveConfig.from_preset("ssr_no_csfl").summary() == (
-        "sar (ssr_no_csfl preset), γ=1, cfg rollout, CSFL ground_truth on all scales, dynamic weighting")
+        "sar (ssr_no_csfl preset), γ=1, cfg 2.5 rollout (linear ramp, top-k 900, top-p 0.95), CSFL ground_truth on all "
+        "scales, dynamic weighting")
     assert set(OBJECTIVE_PRESETS) == {"paper", "released_code", "ssr_no_csfl"}
+
+
+def test_a_summary_tells_apart_rollouts_that_differ_only_in_their_draw_settings():
+    words = [ObjectiveConfig.from_preset("paper", **o).summary() for o in
+             ({}, {"rollout": {"cfg": 1.0}}, {"sampling": "stochastic"}, {"sampling": "argmax"},
+              {"sampling": "stochastic", "rollout": {"top_k": 0, "top_p": 1.0, "temperature": 0.8}})]
+    assert len(set(words)) == len(words)
+    assert "cfg 1 rollout (linear ramp, top-k 900, top-p 0.95)" in words[1]
+    assert "stochastic rollout (top-k 900, top-p 0.95)," in words[2] and "argmax rollout," in words[3]
+    assert "stochastic rollout (temperature 0.8)," in words[4]
 
 
 def test_preset_overrides_replace_fields_and_merge_rollout_key_by_key():
