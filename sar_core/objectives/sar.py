@@ -44,8 +44,8 @@ def sar_step(objective: Objective, s: StepInputs) -> ObjectiveOutput:
 
 
 def describe_sar(config) -> list[str]:
-    parts = [f"γ={config.gamma:g}",
-             config.rollout_words() + (f" x{config.rollout_depth}" if config.rollout_depth > 1 else ""),
+    parts = [f"γ={config.gamma:g}", config.rollout_words(),
+             *([f"rollout depth {config.rollout_depth}"] if config.rollout_depth > 1 else []),
              f"CSFL {config.csfl_target} on {_SCALES_WORDS[config.csfl_scales]}"]
     if config.student_context != "full" or config.student_fraction < 1:
         parts.append(f"student {config.student_context}, fraction {config.student_fraction:g}")

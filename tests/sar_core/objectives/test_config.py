@@ -34,6 +34,7 @@ def test_a_summary_tells_apart_rollouts_that_differ_only_in_their_draw_settings(
     assert "cfg 1 rollout (linear ramp, top-k 900, top-p 0.95)" in words[1]
     assert "stochastic rollout (top-k 900, top-p 0.95)," in words[2] and "argmax rollout," in words[3]
     assert "stochastic rollout (temperature 0.8)," in words[4]
+    assert ", rollout depth 2, CSFL" in ObjectiveConfig.from_preset("paper", rollout_depth=2).summary()
 
 
 def test_preset_overrides_replace_fields_and_merge_rollout_key_by_key():
