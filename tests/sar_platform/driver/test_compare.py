@@ -105,7 +105,6 @@ def test_the_gap_per_scale_is_the_student_loss_minus_the_teacher_forced_loss_acr
     assert Comparison([no_diag], None).gaps() == [] and gap_figure([], tmp_path / "none.png") is None
 
 
-
 def test_a_sweeps_arms_are_named_by_their_fields_last_names_unless_two_share_one():
     assert field_labels(["objective.gamma", "objective.rollout_depth"]) == {"objective.gamma": "gamma",
                                                                             "objective.rollout_depth": "rollout_depth"}
