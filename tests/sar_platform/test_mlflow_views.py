@@ -114,7 +114,9 @@ def test_a_comparison_parent_states_its_verdicts_tables_and_headline_numbers(com
     run, comparison, _ = compared
     description = run.data.tags["mlflow.note.content"]
     (verdict,) = comparison.verdicts()
-    assert description.startswith("pipeline of 2 steps\n\n- sar vs tf: FID 25.12 vs 30.00") and verdict in description
+    answer, note, summary = [line for line in description.split("\n") if line][:3]
+    assert answer.startswith("- sar - tf: FID -4.88 ± 1.26, **sar better** (Holm-adjusted p = ")  # the answer first
+    assert "lower FID is better" in note and summary == "pipeline of 2 steps" and f"- {verdict}" in description
     assert "| arm | n | fid" in description and "| sar - tf" in description
     assert "Lower is better: fid" in description and "`loss/tf_nll`" in description
     metrics = run.data.metrics

@@ -343,10 +343,29 @@ class Comparison:
                     out[metric_key(f"headline/{name}/{HEADLINE}_{suffix}")] = round(value, digits)
         return out
 
-    def headline(self, diffs: list[dict]) -> str:
-        """The parent run's description (markdown): the verdicts, the arms and the differences, and
-        which way each metric is better."""
-        text = [*(f"- {v}" for v in self.verdicts())]
+    def answers(self, diffs: list[dict]) -> list[str]:
+        """One short line per compared pair, the clearest (lowest Holm-adjusted p) first: the FID
+        difference, its interval and which arm it favours, the first thing the parent run says."""
+        lines = []
+        for row in sorted(diffs, key=lambda r: r.get(f"{HEADLINE}_p_holm", math.nan)):
+            diff, ci, p_holm = (row.get(f"{HEADLINE}_{k}", math.nan) for k in ("diff", "ci95", "p_holm"))
+            if math.isnan(ci):
+                continue
+            arm = row["difference"].split(" - ")[0]
+            favours = (diff < 0) == (better(HEADLINE) == "lower")
+            verdict = (f"**{arm} {'better' if favours else 'worse'}**" if row[f"{HEADLINE}_beyond_noise"]
+                       else "within the noise")
+            lines.append(f"{row['difference']}: FID {diff:+.{DECIMALS[HEADLINE]}f} ± {ci:.{DECIMALS[HEADLINE]}f}, "
+                         f"{verdict} (Holm-adjusted p = {p_holm:.2g})")
+        return lines
+
+    def headline(self, diffs: list[dict], summary: str = "") -> str:
+        """The parent run's description (markdown): the answers, what ran, the verdicts, the arms and
+        the differences, and which way each metric is better."""
+        text = [*(f"- {a}" for a in self.answers(diffs))]
+        if text:
+            text += ["", f"(a - b; ± unadjusted 95% interval; {better(HEADLINE)} FID is better; {self.family(diffs)})"]
+        text += [*(["", summary] if summary else []), "", *(f"- {v}" for v in self.verdicts())]
         for table in self.tables()[:2]:  # the arms and the differences
             text += ["", table.text(), "", *table.notes]
         if diffs:
@@ -401,7 +420,7 @@ class Comparison:
         handle.log_metrics({**self.parent_metrics(), **self.headline_metrics(diffs)}, 0)
         client = handle.client()
         summary = client.get_run(handle.run_id).data.tags.get("sar.summary", "")
-        description = f"{summary}\n\n{self.headline(diffs)}".strip()
+        description = self.headline(diffs, summary).strip()
         if len(description) > DESCRIPTION_LIMIT:  # many arms: the verdicts stay, the tables are in the artifacts
             description = description[:DESCRIPTION_LIMIT - len(CUT_NOTE)].rsplit("\n", 1)[0] + CUT_NOTE
         handle.set_tags({DESCRIPTION_TAG: description,

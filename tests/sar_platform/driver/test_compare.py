@@ -37,6 +37,16 @@ def test_seeded_arms_get_t_intervals_and_paired_differences_from_the_same_checkp
     assert "23.00 ± 7.45" in text and starred_cells(text) == ["-1.00 ± 0.25 *"]
 
 
+def test_the_answers_lead_with_the_clearest_difference_and_name_the_arm_it_favours():
+    tf, close, far = arm("tf", [20.0, 23.0, 26.0]), arm("close", [20.5, 22.6, 26.3]), arm("far", [22.0, 25.1, 27.9])
+    c = Comparison([tf, close, far], "tf")
+    far_line, close_line = c.answers(c.differences())
+    assert far_line.startswith("far - tf: FID +2.00 ± 0.25, **far worse** (Holm-adjusted p = ")
+    assert close_line.startswith("close - tf: FID +0.13 ± ") and "within the noise" in close_line
+    better = Comparison([tf, arm("sar", [19.0, 22.1, 24.9])], "tf")
+    assert "**sar better**" in better.answers(better.differences())[0]  # lower FID favours the first arm
+
+
 def starred_cells(text: str) -> list[str]:
     """The cells of the printed differences table that carry a star."""
     table = text.split("| difference")[1].split("\n  (")[0]
