@@ -23,7 +23,7 @@ from sar_platform.driver.placement import placement_problems
 from sar_platform.driver.run_lock import hold_runs, in_use, live_holder
 from sar_platform.driver.session import Session
 from sar_platform.services.mlflow_server import ensure_server
-from sar_platform.services.ray_env import repository_runtime_env
+from sar_platform.services.ray_env import quiet_packaging_logs, repository_runtime_env
 from sar_platform.services.storage import Workspace
 from sar_platform.services.tracking import Tracker
 from sar_platform.spec.loader import Locator, SpecError
@@ -93,6 +93,7 @@ def connect_ray(address: str | None, num_cpus: int | None, env_vars: dict[str, s
     import ray
 
     runtime_env = repository_runtime_env(env_vars=env_vars)
+    quiet_packaging_logs()
     if os.environ.get("SAR_RAY_JOB"):
         # Inside `sar submit`'s Ray Job, whose runtime env already ships the repository: add the
         # variables only (Ray merges them key by key; the job sets RAY_OVERRIDE_JOB_RUNTIME_ENV).

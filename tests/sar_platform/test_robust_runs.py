@@ -383,6 +383,7 @@ def test_two_jobs_at_once_on_one_machine_both_finish_without_a_traceback(tmp_pat
         assert status == 0, job.output()[-3000:]
         assert "Traceback" not in job.output() and "multiple active Ray instances" not in job.output(), job.output()[-3000:]
         assert "PreemptionWatcher" not in job.output()  # Ray's error-level line that is no error
+        assert "Creating a file package" not in job.output() and "ignored by default" not in job.output()  # upload chatter
 
 
 def test_a_workspace_server_restarted_on_another_port_is_found_there_and_the_run_ends_finished(

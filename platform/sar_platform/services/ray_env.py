@@ -2,6 +2,7 @@
 Ray task. Used by the `sar` process (connecting to Ray, `sar submit`, launching tasks)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,19 @@ MLFLOW_CLIENT_ENV_VARS = ("MLFLOW_DISABLE_TELEMETRY", "MLFLOW_HTTP_REQUEST_MAX_R
                           "MLFLOW_HTTP_REQUEST_TIMEOUT")
 # Never upload environments, outputs or caches; the repository itself is a few hundred kB.
 WORKING_DIR_EXCLUDES = [".venv/", ".git/", "workspace/", "**/__pycache__/", "*.egg-info/", ".pytest_cache/", ".whl/"]
+
+
+def not_upload_chatter(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or record.filename not in ("packaging.py", "working_dir.py")
+
+
+def quiet_packaging_logs() -> None:
+    """Keep Ray's upload chatter off the user's console: an INFO line per package it pushes, and a
+    warning per default-excluded folder (`.git`, `.venv`) that WORKING_DIR_EXCLUDES leaves out on
+    purpose. `ray.init` hands its own logger to the upload code, so the filter goes by the file a
+    record comes from; errors still show. (One filter object: adding it again is a no-op.)"""
+    for name in ("ray._private.worker", "ray._private.runtime_env.packaging", "ray._private.runtime_env.working_dir"):
+        logging.getLogger(name).addFilter(not_upload_chatter)
 
 
 def repository_root() -> Path:
