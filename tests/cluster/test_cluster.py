@@ -18,7 +18,7 @@ from tests.support.servers import experiment_runs
 from tests.support.processes import wait_until
 from tests.support.specs import EVAL, pipeline_spec, sweep_spec, train_body, train_spec, train_step, write_spec
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(900)]
+pytestmark = pytest.mark.cluster
 TOKENIZER = f"s3://{BUCKET}/inputs/tokenizer.safetensors"
 STORAGE = f"s3://{BUCKET}/ws"  # one workspace: token shards and evaluation assets are shared by the tests
 

@@ -73,7 +73,7 @@ def observe_on_rank(rank: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(600)  # a collective that never matches hangs: fail sooner than the suite guard
 def test_dynamic_weights_average_across_ranks_whose_schedules_end_at_different_sizes():
     results = mp.Manager().dict()
     mp.spawn(observe_on_rank, args=(free_port(), results), nprocs=2, join=True)
