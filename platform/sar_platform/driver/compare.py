@@ -347,10 +347,9 @@ class Comparison:
         """One short line per compared pair, the clearest (lowest Holm-adjusted p) first: the FID
         difference, its interval and which arm it favours, the first thing the parent run says."""
         lines = []
-        for row in sorted(diffs, key=lambda r: r.get(f"{HEADLINE}_p_holm", math.nan)):
-            diff, ci, p_holm = (row.get(f"{HEADLINE}_{k}", math.nan) for k in ("diff", "ci95", "p_holm"))
-            if math.isnan(ci):
-                continue
+        tested = [r for r in diffs if not math.isnan(r.get(f"{HEADLINE}_p_holm", math.nan))]
+        for row in sorted(tested, key=lambda r: r[f"{HEADLINE}_p_holm"]):
+            diff, ci, p_holm = (row[f"{HEADLINE}_{k}"] for k in ("diff", "ci95", "p_holm"))
             arm = row["difference"].split(" - ")[0]
             favours = (diff < 0) == (better(HEADLINE) == "lower")
             verdict = (f"**{arm} {'better' if favours else 'worse'}**" if row[f"{HEADLINE}_beyond_noise"]
